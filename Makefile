@@ -1,0 +1,55 @@
+# megaserve — build, test, run and benchmark. Every target installs missing packages first.
+#   make            release build: build/release/megaserve
+#   make run        build and start `megaserve serve` (ARGS="--listen 0.0.0.0:8080" to add flags)
+#   make test       build and run every test, with throwaway Redis and PostgreSQL
+#   make debug      debug build in build/debug
+#   make asan       ASan+UBSan build in build/asan, running every test
+#   make bench      whole-system benchmarks against their anchors (bench/)
+#   make format     clang-format the sources in place;  make lint: format check + clang-tidy
+SHELL := /bin/bash
+JOBS ?= $(shell nproc)
+ARGS ?=
+SOURCES = $(shell git ls-files 'src/*.cc' 'src/*.h' 'src/*.cpp' 'tests/*.cc' 'tests/*.h')
+
+.PHONY: all release debug asan run test bench format lint setup clean
+
+all: release
+
+setup:
+	@scripts/setup.sh
+
+build/%/build.ninja:
+	cmake -S . -B build/$* -G Ninja $(CMAKE_FLAGS_$*)
+
+CMAKE_FLAGS_release = -DCMAKE_BUILD_TYPE=Release
+CMAKE_FLAGS_debug = -DCMAKE_BUILD_TYPE=Debug
+CMAKE_FLAGS_asan = -DCMAKE_BUILD_TYPE=Debug -DMEGASERVE_SANITIZE=ON
+
+release: setup build/release/build.ninja
+	cmake --build build/release -j $(JOBS)
+
+debug: setup build/debug/build.ninja
+	cmake --build build/debug -j $(JOBS)
+
+asan: setup build/asan/build.ninja
+	cmake --build build/asan -j $(JOBS)
+	scripts/test.sh build/asan
+
+run: release
+	build/release/megaserve serve $(ARGS)
+
+test: release
+	scripts/test.sh build/release
+
+bench: release
+	bench/http_vs_nginx.sh
+
+format:
+	clang-format -i $(SOURCES)
+
+lint: build/release/build.ninja
+	clang-format --dry-run --Werror $(SOURCES)
+	clang-tidy -p build/release --quiet $(filter %.cc %.cpp,$(SOURCES))
+
+clean:
+	rm -rf build
