@@ -1,0 +1,138 @@
+// Configuration: one typed struct, filled in layers.
+//
+// Layers, each overriding the one before: built-in defaults, a TOML file (--config or
+// MEGASERVE_CONFIG), MEGASERVE_* environment variables, then command-line flags. Every key has a
+// descriptor (name, type, default, range, help, secret flag); unknown keys, wrong types and
+// out-of-range values are errors naming the key and where the value came from, e.g.
+// "server.threads: must be between 0 and 1024, got 5000 (from /etc/megaserve.toml:7)".
+//
+// Environment names are the key upper-cased with '.' turned into '_' and a MEGASERVE_ prefix:
+// server.max_connections <- MEGASERVE_SERVER_MAX_CONNECTIONS.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace megaserve::core {
+
+using Duration = std::chrono::milliseconds;
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:8080";  // HOST:PORT; [::1]:PORT for IPv6; port 0 = ephemeral
+  int threads = 0;                        // I/O threads; 0 = one per core
+  int backlog = 1024;
+  int max_connections = 10000;               // open connections across all threads
+  std::size_t max_header_bytes = 16 * 1024;  // request line + headers; larger gets 431
+  std::size_t max_body_bytes = 1024 * 1024;  // larger gets 413
+  Duration header_timeout{10'000};           // to receive a whole request head; else 408
+  Duration body_timeout{30'000};             // to receive the body once the head is in; else 408
+  Duration idle_timeout{60'000};             // keep-alive wait for the next request
+  Duration write_timeout{30'000};            // a client that stops reading is dropped
+  Duration shutdown_delay{0};                // readiness false this long before listeners close
+  Duration drain_timeout{30'000};            // in-flight requests get this long to finish
+
+  bool operator==(const ServerConfig&) const = default;
+};
+
+struct CorsConfig {
+  std::vector<std::string> allowed_origins;  // exact origins, or "*"; empty = CORS off
+  std::vector<std::string> allowed_headers = {"authorization", "content-type", "idempotency-key",
+                                              "x-request-id"};
+  Duration max_age{600'000};  // preflight cache time (Access-Control-Max-Age)
+
+  bool operator==(const CorsConfig&) const = default;
+};
+
+struct LogConfig {
+  std::string level = "info";     // trace|debug|info|warn|error|off
+  std::string format = "text";    // text|json (application log, to stderr)
+  bool access = true;             // JSON access log lines
+  double access_sample = 1.0;     // fraction of requests logged, 0..1 (errors always)
+  std::string access_file = "-";  // "-" = stdout
+
+  bool operator==(const LogConfig&) const = default;
+};
+
+struct MetricsConfig {
+  bool enabled = true;       // serve GET /metrics
+  std::string bearer_token;  // secret; when set, /metrics needs this bearer token
+  std::vector<double> duration_buckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+
+  bool operator==(const MetricsConfig&) const = default;
+};
+
+struct Config {
+  std::string data_dir = "./data";  // jobs database, artifacts, models
+  ServerConfig server;
+  CorsConfig cors;
+  LogConfig log;
+  MetricsConfig metrics;
+
+  bool operator==(const Config&) const = default;
+};
+
+// Where a key's effective value came from: "default", "FILE:LINE", "env MEGASERVE_X",
+// "flag --listen".
+using Provenance = std::map<std::string, std::string>;
+
+struct LoadedConfig {
+  Config config;
+  Provenance provenance;  // one entry per key
+};
+
+struct ConfigSources {
+  std::string file = {};  // TOML path; empty = none. A named file that does not exist is an error.
+  std::vector<std::pair<std::string, std::string>> env = {};  // NAME=VALUE (usually environ)
+  // Flag overrides, in order: {key, value, flag name for messages}. Values are parsed from text
+  // as the environment's are.
+  struct Override {
+    std::string key;
+    std::string value;
+    std::string origin;  // e.g. "flag --listen" or "flag --set"
+  };
+  std::vector<Override> overrides = {};
+};
+
+// Builds the configuration from its layers. Errors name the key and where the value came from.
+Result<LoadedConfig> LoadConfig(const ConfigSources& sources);
+
+// The process environment as NAME=VALUE pairs, for ConfigSources::env.
+std::vector<std::pair<std::string, std::string>> ProcessEnvironment();
+
+// The effective configuration as TOML, each key followed by a comment naming its source.
+// Secret values are printed as "********" (empty secrets as "").
+std::string PrintConfig(const LoadedConfig& loaded);
+
+// All keys with their type and one-line help, for --help and docs.
+struct KeyInfo {
+  std::string key;
+  std::string type;  // "string", "int", "float", "bool", "duration", "size", "string list",
+                     // "float list"
+  std::string help;
+  bool secret = false;
+  std::string default_value;  // the built-in default as a TOML value; secrets masked
+};
+std::vector<KeyInfo> ConfigKeys();
+
+// Parses "250ms", "10s", "2m", "1h" (or a bare integer of seconds) into a Duration.
+Result<Duration> ParseDuration(std::string_view text);
+// Parses "512", "16KiB", "1MiB", "2GiB", "64KB" (KB = 1000) into bytes.
+Result<std::size_t> ParseSize(std::string_view text);
+// Splits "HOST:PORT" / "[V6]:PORT" into host and port; port 0..65535.
+// An IPv6 host is returned without its brackets ("[::1]:80" -> {"::1", 80}).
+Result<std::pair<std::string, unsigned short>> ParseListen(std::string_view text);
+
+// Formats a duration in the largest unit that divides it exactly: "1h", "2m", "10s", "250ms".
+std::string FormatDuration(Duration d);
+// Formats a byte count as "16KiB", "1MiB", "2GiB" when exact, else as plain bytes ("1000").
+std::string FormatSize(std::size_t bytes);
+
+}  // namespace megaserve::core
