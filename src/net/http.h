@@ -1,0 +1,100 @@
+// The request and response types handlers see, independent of the HTTP library underneath.
+//
+// A Request is a view: every string_view in it points into the connection's buffers and is valid
+// only until the handler replies. Copy what must outlive the reply.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace megaserve::net {
+
+enum class Method : uint8_t { kGet, kHead, kPost, kPut, kDelete, kPatch, kOptions, kOther };
+inline constexpr std::size_t kMethodCount = 8;
+
+// "GET" -> kGet; anything unknown -> kOther.
+Method ParseMethod(std::string_view text);
+// kGet -> "GET".
+std::string_view MethodName(Method m);
+
+class Request {
+ public:
+  static constexpr std::size_t kMaxParams = 8;
+
+  Method method = Method::kOther;
+  std::string_view method_text;  // as sent
+  std::string_view target;       // path and query as sent
+  std::string_view path;         // target up to '?'
+  std::string_view query;        // after '?', without it; "" if none
+  std::string_view body;
+  std::string_view request_id;   // accepted from X-Request-Id or generated
+  std::string_view remote_addr;  // peer IP address
+  unsigned version = 11;         // 10 or 11
+
+  // The value of a header (name case-insensitive), or "" when absent.
+  std::string_view Header(std::string_view name) const { return find_header_(headers_, name); }
+  // A path parameter from the route pattern ("/v1/jobs/{id}" -> Param("id")), or "" when absent.
+  std::string_view Param(std::string_view name) const;
+  // The first value of a query parameter, percent-decoding not applied; "" when absent.
+  std::string_view QueryParam(std::string_view name) const;
+
+  // Used by the router and the server to fill in the request.
+  void AddParam(std::string_view name, std::string_view value);
+  void ClearParams() { param_count_ = 0; }
+  using HeaderFinder = std::string_view (*)(const void* headers, std::string_view name);
+  void SetHeaderSource(const void* headers, HeaderFinder finder) {
+    headers_ = headers;
+    find_header_ = finder;
+  }
+
+ private:
+  static std::string_view NoHeaders(const void*, std::string_view) { return {}; }
+  std::array<std::pair<std::string_view, std::string_view>, kMaxParams> params_{};
+  std::size_t param_count_ = 0;
+  const void* headers_ = nullptr;
+  HeaderFinder find_header_ = &NoHeaders;
+};
+
+struct Response {
+  int status = 200;
+  // Must point at storage that outlives the response (a string literal in practice).
+  std::string_view content_type = "application/json";
+  std::string body;
+  // When set, sent instead of body: lets cached bodies go out without a copy.
+  std::shared_ptr<const std::string> shared_body;
+  // Extra headers, e.g. {"Retry-After", "1"}, {"Allow", "GET, HEAD"}.
+  std::vector<std::pair<std::string, std::string>> headers;
+  // Close the connection after this response.
+  bool close = false;
+
+  std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }
+};
+
+// The JSON error every endpoint uses:
+// {"error":{"type":TYPE,"code":CODE,"message":MESSAGE,"param":PARAM|null}}.
+// type is derived from the status: invalid_request_error (4xx), rate_limit_error (429),
+// server_error (5xx).
+Response ErrorResponse(int status, std::string_view code, std::string_view message,
+                       std::string_view param = {});
+
+// A JSON response with the given status.
+Response JsonResponse(int status, std::string body);
+
+// The standard reason phrase of a status code ("Not Found"), or "Unknown".
+std::string_view ReasonPhrase(int status);
+
+// A synchronous handler returns its response; it runs on an I/O thread, so it must not block.
+using SyncHandler = std::function<Response(const Request&)>;
+// Completes an asynchronous handler. May be called from any thread, exactly once.
+using Reply = std::function<void(Response)>;
+// An asynchronous handler replies later (e.g. after a job store or model call). The Request stays
+// valid until reply is called.
+using AsyncHandler = std::function<void(const Request&, Reply)>;
+
+}  // namespace megaserve::net
