@@ -1,0 +1,182 @@
+// megaserve: one binary, subcommands for each role and tool.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "api/status.h"
+#include "api/system_routes.h"
+#include "core/config.h"
+#include "core/logging.h"
+#include "megaserve/build_info.h"
+#include "metrics/process.h"
+#include "metrics/registry.h"
+#include "net/router.h"
+#include "net/server.h"
+
+namespace {
+
+using namespace megaserve;
+
+// Flags shared by the subcommands that read the configuration.
+struct ConfigFlags {
+  std::string file;
+  std::string listen;
+  std::string data_dir;
+  int threads = -1;
+  std::vector<std::string> sets;
+
+  void AddTo(CLI::App* cmd) {
+    cmd->add_option("-c,--config", file,
+                    "TOML configuration file (default: $MEGASERVE_CONFIG, else none)");
+    cmd->add_option("-l,--listen", listen, "HOST:PORT to listen on (server.listen)");
+    cmd->add_option("-d,--data-dir", data_dir, "folder for jobs, artifacts and models (data_dir)");
+    cmd->add_option("-t,--threads", threads, "I/O threads, 0 = one per core (server.threads)");
+    cmd->add_option("--set", sets, "KEY=VALUE: set any configuration key (repeatable)");
+  }
+
+  core::Result<core::LoadedConfig> Load() const {
+    core::ConfigSources src;
+    src.file = file;
+    if (src.file.empty()) {
+      if (const char* env = std::getenv("MEGASERVE_CONFIG")) src.file = env;
+    }
+    src.env = core::ProcessEnvironment();
+    if (!listen.empty()) src.overrides.push_back({"server.listen", listen, "flag --listen"});
+    if (!data_dir.empty()) src.overrides.push_back({"data_dir", data_dir, "flag --data-dir"});
+    if (threads >= 0) {
+      src.overrides.push_back({"server.threads", std::to_string(threads), "flag --threads"});
+    }
+    for (const auto& s : sets) {
+      auto eq = s.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return core::InvalidArgument("flag --set: expected KEY=VALUE, got \"" + s + "\"");
+      }
+      src.overrides.push_back({s.substr(0, eq), s.substr(eq + 1), "flag --set"});
+    }
+    return core::LoadConfig(src);
+  }
+};
+
+int Fail(const core::Status& s) {
+  std::fprintf(stderr, "megaserve: %s\n", s.message().c_str());
+  return 2;
+}
+
+int Serve(const ConfigFlags& flags) {
+  auto started = std::chrono::steady_clock::now();
+  auto loaded = flags.Load();
+  if (!loaded.ok()) return Fail(loaded.status());
+  const core::Config& config = loaded->config;
+  if (auto s = core::InitLogging(config.log); !s.ok()) return Fail(s);
+
+  std::error_code ec;
+  std::filesystem::create_directories(config.data_dir, ec);
+  if (ec) {
+    return Fail(core::InvalidArgument("data_dir: cannot create \"" + config.data_dir +
+                                      "\": " + ec.message()));
+  }
+
+  auto& registry = metrics::Registry::Global();
+  metrics::RegisterProcessMetrics(registry);
+  registry
+      .AddGauge("megaserve_build_info", "Build information; the value is always 1.",
+                {"version", "commit", "compiler", "build_type"})
+      .WithLabels({build::kVersion, build::kGitCommit, build::kCompiler, build::kBuildType})
+      .Set(1);
+
+  // Shutdown signals are taken by sigwait below, so every thread must have them blocked.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  net::Server* server_ptr = nullptr;
+  net::Router router;
+  api::StatusInfo info;
+  info.roles = {"api"};
+  info.config = &config;
+  info.router = &router;
+  info.io_threads = config.server.threads > 0 ? unsigned(config.server.threads)
+                                              : std::max(1u, std::thread::hardware_concurrency());
+  api::StatusCache status(info);
+  api::SystemContext ctx;
+  ctx.config = &config;
+  ctx.registry = &registry;
+  ctx.status = &status;
+  ctx.ready = [&server_ptr] { return server_ptr && server_ptr->ready(); };
+  ctx.draining = [&server_ptr] { return server_ptr && server_ptr->draining(); };
+  api::RegisterSystemRoutes(router, ctx);
+
+  net::Server server(config, router, registry);
+  server_ptr = &server;
+  if (auto s = server.Start(); !s.ok()) return Fail(s);
+  server.set_ready(true);
+  double ready_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  spdlog::info("megaserve {} listening on {} (port {}, {} I/O threads), ready in {:.1f} ms",
+               build::kVersion, config.server.listen, server.port(), info.io_threads, ready_ms);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}; draining (up to {} ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               config.server.drain_timeout.count());
+  server.Shutdown();
+  spdlog::info("stopped");
+  core::ShutdownLogging();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "megaserve: generative and predictive AI over HTTP, with its own gateway, job "
+      "orchestrator and metrics."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("megaserve ") + build::kVersion);
+
+  ConfigFlags flags;
+  auto* serve = app.add_subcommand("serve", "Run every role in one process (HTTP API, metrics).");
+  flags.AddTo(serve);
+
+  auto* version = app.add_subcommand("version", "Print the version and build details.");
+
+  auto* config = app.add_subcommand("config", "Inspect the configuration.");
+  config->require_subcommand(1);
+  auto* print = config->add_subcommand(
+      "print",
+      "Print the effective configuration as TOML, each key with its source; secrets "
+      "are masked.");
+  flags.AddTo(print);
+  auto* keys = config->add_subcommand("keys", "List every configuration key with its type.");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*serve) return Serve(flags);
+  if (*version) {
+    std::printf("megaserve %s (commit %s, %s build, %s)\n", build::kVersion, build::kGitCommit,
+                build::kBuildType, build::kCompiler);
+    return 0;
+  }
+  if (*print) {
+    auto loaded = flags.Load();
+    if (!loaded.ok()) return Fail(loaded.status());
+    std::fputs(core::PrintConfig(*loaded).c_str(), stdout);
+    return 0;
+  }
+  if (*keys) {
+    for (const auto& k : core::ConfigKeys()) {
+      std::printf("%-32s %-12s %s%s\n", k.key.c_str(), k.type.c_str(), k.help.c_str(),
+                  k.secret ? " (secret)" : "");
+    }
+    return 0;
+  }
+  return 0;
+}
