@@ -1,0 +1,209 @@
+// The megaserve binary as a user runs it: subcommands, configuration errors, start-up, signals.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+
+#include "test_support.h"
+
+namespace megaserve::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using namespace std::chrono_literals;
+
+std::string Binary() {
+  const char* b = std::getenv("MEGASERVE_BINARY");
+  return b ? b : "megaserve";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// A child megaserve process with stdout and stderr going to files.
+class Process {
+ public:
+  Process(std::vector<std::string> args, std::vector<std::string> env = {}) {
+    static int counter = 0;
+    out_ = ::testing::TempDir() + "/megaserve_" + std::to_string(getpid()) + "_" +
+           std::to_string(++counter);
+    pid_ = fork();
+    if (pid_ == 0) {
+      int o = open((out_ + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      int e = open((out_ + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      dup2(o, 1);
+      dup2(e, 2);
+      for (auto& kv : env) putenv(kv.data());
+      std::vector<char*> argv;
+      std::string bin = Binary();
+      argv.push_back(bin.data());
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits for exit; returns the exit code, or -1 on timeout, 128+N for signal N.
+  int Wait(std::chrono::milliseconds timeout = 10s) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    return -1;
+  }
+
+  // Waits until stderr says the server is ready and returns its port (0 on failure).
+  unsigned short WaitReady(std::chrono::milliseconds timeout = 10s) {
+    std::regex re("listening on \\S+ \\(port (\\d+)");
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::smatch m;
+      std::string err = Stderr();
+      if (std::regex_search(err, m, re)) return static_cast<unsigned short>(std::stoi(m[1]));
+      std::this_thread::sleep_for(5ms);
+    }
+    return 0;
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+  std::string Stdout() const { return ReadFile(out_ + ".out"); }
+  std::string Stderr() const { return ReadFile(out_ + ".err"); }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string out_;
+};
+
+std::string DataDir() { return ::testing::TempDir() + "/megaserve_data"; }
+
+TEST(BinaryTest, VersionPrintsVersion) {
+  Process p({"version"});
+  EXPECT_EQ(p.Wait(), 0);
+  EXPECT_TRUE(std::regex_search(p.Stdout(), std::regex(R"(^megaserve \d+\.\d+\.\d+ \(commit)")))
+      << p.Stdout();
+}
+
+TEST(BinaryTest, HelpListsSubcommands) {
+  Process p({"--help"});
+  EXPECT_EQ(p.Wait(), 0);
+  for (const char* s : {"serve", "version", "config"}) EXPECT_THAT(p.Stdout(), HasSubstr(s));
+}
+
+TEST(BinaryTest, ServeStartsAnswersAndStopsCleanlyOnSigterm) {
+  Process p({"serve", "--listen", "127.0.0.1:0", "--data-dir", DataDir(), "--threads", "2"},
+            {"MEGASERVE_LOG_ACCESS=false"});
+  unsigned short port = p.WaitReady();
+  ASSERT_NE(port, 0) << p.Stderr();
+  RawClient idle(port);
+  auto r = idle.Roundtrip(Get("/readyz"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = idle.Roundtrip(Get("/metrics"));
+  ASSERT_TRUE(r);
+  EXPECT_THAT(r->body, HasSubstr("megaserve_build_info{"));
+  EXPECT_THAT(r->body, HasSubstr("process_resident_memory_bytes"));
+
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+  EXPECT_TRUE(idle.WaitClosed());
+  EXPECT_THAT(p.Stderr(), HasSubstr("received SIGTERM"));
+  RawClient late(port);
+  EXPECT_FALSE(late.connected());
+}
+
+TEST(BinaryTest, SigintAlsoStopsCleanly) {
+  Process p({"serve", "--listen", "127.0.0.1:0", "--data-dir", DataDir()});
+  ASSERT_NE(p.WaitReady(), 0) << p.Stderr();
+  p.Signal(SIGINT);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+}
+
+TEST(BinaryTest, AccessLogLinesAreJson) {
+  Process p({"serve", "--listen", "127.0.0.1:0", "--data-dir", DataDir()});
+  unsigned short port = p.WaitReady();
+  ASSERT_NE(port, 0);
+  RawClient c(port);
+  ASSERT_TRUE(c.Roundtrip(Get("/healthz", "X-Request-Id: trace-me-1\r\nUser-Agent: t\"q\r\n")));
+  p.Signal(SIGTERM);
+  ASSERT_EQ(p.Wait(), 0);
+  std::string out = p.Stdout();
+  EXPECT_THAT(out, HasSubstr(R"("request_id":"trace-me-1")"));
+  EXPECT_THAT(out,
+              HasSubstr(R"("method":"GET","path":"/healthz","route":"/healthz","status":200)"));
+  EXPECT_THAT(out, HasSubstr(R"("user_agent":"t\"q")"));
+}
+
+TEST(BinaryTest, ConfigErrorsStopStartupNamingKeyAndSource) {
+  std::string file = ::testing::TempDir() + "/bad.toml";
+  std::ofstream(file) << "[server]\nthreads = 5000\n";
+  Process p({"serve", "--config", file, "--data-dir", DataDir()});
+  EXPECT_EQ(p.Wait(), 2);
+  EXPECT_THAT(p.Stderr(), HasSubstr("server.threads"));
+  EXPECT_THAT(p.Stderr(), HasSubstr(file + ":2"));
+
+  Process env({"serve", "--data-dir", DataDir()}, {"MEGASERVE_SERVER_MAX_CONNECTIONS=lots"});
+  EXPECT_EQ(env.Wait(), 2);
+  EXPECT_THAT(env.Stderr(), HasSubstr("server.max_connections"));
+  EXPECT_THAT(env.Stderr(), HasSubstr("MEGASERVE_SERVER_MAX_CONNECTIONS"));
+
+  Process flag({"serve", "--listen", "127.0.0.1:99999", "--data-dir", DataDir()});
+  EXPECT_EQ(flag.Wait(), 2);
+  EXPECT_THAT(flag.Stderr(), HasSubstr("server.listen"));
+  EXPECT_THAT(flag.Stderr(), HasSubstr("--listen"));
+}
+
+TEST(BinaryTest, PortInUseIsAClearError) {
+  // A listener without SO_REUSEPORT holds the port, so megaserve cannot share it.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  std::string port = std::to_string(ntohs(addr.sin_port));
+  Process p({"serve", "--listen", "127.0.0.1:" + port, "--data-dir", DataDir()});
+  EXPECT_EQ(p.Wait(), 2);
+  EXPECT_THAT(p.Stderr(), HasSubstr("cannot listen on 127.0.0.1:" + port));
+  close(fd);
+}
+
+TEST(BinaryTest, ConfigPrintShowsSourcesAndMasksSecrets) {
+  std::string file = ::testing::TempDir() + "/good.toml";
+  std::ofstream(file) << "[metrics]\nbearer_token = \"hunter2-very-secret\"\n";
+  Process p({"config", "print", "--config", file, "--listen", "0.0.0.0:9000"},
+            {"MEGASERVE_SERVER_THREADS=3"});
+  ASSERT_EQ(p.Wait(), 0) << p.Stderr();
+  std::string out = p.Stdout();
+  EXPECT_THAT(out, Not(HasSubstr("hunter2")));
+  EXPECT_THAT(out, HasSubstr("********"));
+  EXPECT_THAT(out, HasSubstr("0.0.0.0:9000"));
+  EXPECT_THAT(out, HasSubstr("flag --listen"));
+  EXPECT_THAT(out, HasSubstr("env MEGASERVE_SERVER_THREADS"));
+  EXPECT_THAT(out, HasSubstr(file + ":2"));
+}
+
+}  // namespace
+}  // namespace megaserve::testing

@@ -1,0 +1,209 @@
+// Helpers for tests that talk to a real server over real sockets: a blocking raw HTTP client
+// (so tests can send malformed, partial or pipelined bytes) and an in-process server fixture.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "api/status.h"
+#include "api/system_routes.h"
+#include "core/config.h"
+#include "metrics/registry.h"
+#include "net/router.h"
+#include "net/server.h"
+
+namespace megaserve::testing {
+
+struct RawResponse {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // names lower-cased
+  std::string body;
+
+  std::string Header(const std::string& lower_name) const {
+    auto it = headers.find(lower_name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+// A blocking loopback TCP client with a receive timeout, reading HTTP/1.1 responses.
+class RawClient {
+ public:
+  explicit RawClient(unsigned short port,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{static_cast<time_t>(timeout.count() / 1000),
+               static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~RawClient() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connected() const { return connected_; }
+
+  bool Send(std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  // Reads one response (Content-Length framed; HEAD responses when head is true). nullopt on
+  // timeout, connection close before a whole response, or garbage.
+  std::optional<RawResponse> Read(bool head = false) {
+    std::size_t end;
+    while ((end = buf_.find("\r\n\r\n")) == std::string::npos) {
+      if (!Fill()) return std::nullopt;
+    }
+    RawResponse r;
+    std::string head_text = buf_.substr(0, end);
+    buf_.erase(0, end + 4);
+    std::size_t line_end = head_text.find("\r\n");
+    std::string status_line = head_text.substr(0, line_end);
+    if (status_line.rfind("HTTP/1.", 0) != 0 || status_line.size() < 12) return std::nullopt;
+    r.status = std::stoi(status_line.substr(9, 3));
+    std::size_t pos = line_end == std::string::npos ? head_text.size() : line_end + 2;
+    while (pos < head_text.size()) {
+      std::size_t next = head_text.find("\r\n", pos);
+      if (next == std::string::npos) next = head_text.size();
+      std::string line = head_text.substr(pos, next - pos);
+      std::size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string name = line.substr(0, colon);
+        for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        std::size_t v = line.find_first_not_of(' ', colon + 1);
+        r.headers[name] = v == std::string::npos ? "" : line.substr(v);
+      }
+      pos = next + 2;
+    }
+    if (r.status == 100) return r;  // interim response: no body, the final one follows
+    std::size_t length = 0;
+    if (!head && r.headers.count("content-length"))
+      length = std::stoul(r.headers["content-length"]);
+    while (buf_.size() < length) {
+      if (!Fill()) return std::nullopt;
+    }
+    r.body = buf_.substr(0, length);
+    buf_.erase(0, length);
+    return r;
+  }
+
+  // Sends a request and reads its response.
+  std::optional<RawResponse> Roundtrip(std::string_view request, bool head = false) {
+    if (!Send(request)) return std::nullopt;
+    return Read(head);
+  }
+
+  // True when the server has closed the connection (read returns 0) within the timeout.
+  bool WaitClosed() {
+    char c;
+    while (true) {
+      ssize_t n = ::recv(fd_, &c, 1, 0);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+  }
+
+ private:
+  bool Fill() {
+    char tmp[8192];
+    ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n <= 0) return false;
+    buf_.append(tmp, static_cast<std::size_t>(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+inline std::string Get(std::string_view path, std::string_view extra_headers = "") {
+  std::string r = "GET ";
+  r += path;
+  r += " HTTP/1.1\r\nHost: localhost\r\n";
+  r += extra_headers;
+  r += "\r\n";
+  return r;
+}
+
+// Test-friendly defaults: an ephemeral loopback port, two I/O threads, short timeouts.
+inline core::Config TestConfig() {
+  core::Config c;
+  c.server.listen = "127.0.0.1:0";
+  c.server.threads = 2;
+  c.server.header_timeout = std::chrono::milliseconds(400);
+  c.server.body_timeout = std::chrono::milliseconds(400);
+  c.server.idle_timeout = std::chrono::milliseconds(2000);
+  c.server.drain_timeout = std::chrono::milliseconds(3000);
+  c.log.access = false;
+  return c;
+}
+
+// A server running in this process with the system routes plus whatever a test adds to
+// `router` before calling Start().
+class TestServer {
+ public:
+  explicit TestServer(core::Config config = TestConfig()) : config_(std::move(config)) {
+    info_.roles = {"api"};
+    info_.config = &config_;
+    info_.router = &router;
+    info_.io_threads = static_cast<unsigned>(config_.server.threads);
+  }
+  ~TestServer() {
+    if (server_) server_->Shutdown();
+  }
+
+  // Registers the system routes and starts listening.
+  void Start() {
+    status_ = std::make_unique<api::StatusCache>(info_);
+    api::SystemContext ctx;
+    ctx.config = &config_;
+    ctx.registry = &registry;
+    ctx.status = status_.get();
+    ctx.ready = [this] { return server_ && server_->ready(); };
+    ctx.draining = [this] { return server_ && server_->draining(); };
+    api::RegisterSystemRoutes(router, ctx);
+    server_ = std::make_unique<net::Server>(config_, router, registry);
+    auto s = server_->Start();
+    if (!s.ok()) throw std::runtime_error(s.ToString());
+    server_->set_ready(true);
+  }
+
+  unsigned short port() const { return server_->port(); }
+  net::Server& server() { return *server_; }
+  api::StatusCache& status() { return *status_; }
+  const core::Config& config() const { return config_; }
+
+  net::Router router;
+  metrics::Registry registry;
+
+ private:
+  core::Config config_;
+  api::StatusInfo info_;
+  std::unique_ptr<api::StatusCache> status_;
+  std::unique_ptr<net::Server> server_;
+};
+
+}  // namespace megaserve::testing
