@@ -30,8 +30,6 @@
 #include <type_traits>
 #include <variant>
 
-extern char** environ;
-
 namespace megaserve::core {
 namespace {
 

@@ -28,15 +28,15 @@ struct ServerConfig {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; [::1]:PORT for IPv6; port 0 = ephemeral
   int threads = 0;                        // I/O threads; 0 = one per core
   int backlog = 1024;
-  int max_connections = 10000;               // open connections across all threads
-  std::size_t max_header_bytes = 16 * 1024;  // request line + headers; larger gets 431
-  std::size_t max_body_bytes = 1024 * 1024;  // larger gets 413
-  Duration header_timeout{10'000};           // to receive a whole request head; else 408
-  Duration body_timeout{30'000};             // to receive the body once the head is in; else 408
-  Duration idle_timeout{60'000};             // keep-alive wait for the next request
-  Duration write_timeout{30'000};            // a client that stops reading is dropped
-  Duration shutdown_delay{0};                // readiness false this long before listeners close
-  Duration drain_timeout{30'000};            // in-flight requests get this long to finish
+  int max_connections = 10000;                            // open connections across all threads
+  std::size_t max_header_bytes = std::size_t{16} * 1024;  // request line + headers; larger gets 431
+  std::size_t max_body_bytes = std::size_t{1024} * 1024;  // larger gets 413
+  Duration header_timeout{10'000};  // to receive a whole request head; else 408
+  Duration body_timeout{30'000};    // to receive the body once the head is in; else 408
+  Duration idle_timeout{60'000};    // keep-alive wait for the next request
+  Duration write_timeout{30'000};   // a client that stops reading is dropped
+  Duration shutdown_delay{0};       // readiness false this long before listeners close
+  Duration drain_timeout{30'000};   // in-flight requests get this long to finish
 
   bool operator==(const ServerConfig&) const = default;
 };

@@ -29,7 +29,7 @@ Status InitLogging(const LogConfig& config) {
   if (config.access) {
     // One background thread, a bounded queue; when it is full the oldest line is dropped
     // rather than stalling an I/O thread.
-    spdlog::init_thread_pool(64 * 1024, 1);
+    spdlog::init_thread_pool(std::size_t{64} * 1024, 1);
     try {
       if (config.access_file == "-") {
         g_access = spdlog::create_async_nb<spdlog::sinks::stdout_sink_mt>("access");

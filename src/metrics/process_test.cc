@@ -23,7 +23,7 @@ ProcessStats Read() {
 double CpuSecondsNow() {
   timespec ts{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 TEST(ProcessStatsTest, MemoryAndLimitsAreSane) {

@@ -56,7 +56,8 @@ void CheckLabelNames(std::string_view metric, const std::vector<std::string>& na
     if (!IsValidName(n, false) || n.starts_with("__") || (histogram && n == "le")) {
       Fatal("metric '{}': invalid or reserved label name '{}'", metric, n);
     }
-    if (std::find(names.begin(), names.begin() + i, n) != names.begin() + i) {
+    auto end = names.begin() + static_cast<std::ptrdiff_t>(i);
+    if (std::find(names.begin(), end, n) != end) {
       Fatal("metric '{}': duplicate label name '{}'", metric, n);
     }
   }

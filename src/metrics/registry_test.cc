@@ -67,7 +67,7 @@ TEST(GaugeTest, ConcurrentIncDecAreExact) {
     }
   });
   // Half the threads net +1 per step, the other half +2.
-  EXPECT_EQ(g.Value(), 10.0 + (kThreads / 2) * kPerThread * 3.0);
+  EXPECT_EQ(g.Value(), 10.0 + (kThreads / 2.0) * kPerThread * 3.0);
 }
 
 TEST(HistogramTest, ValueEqualToBoundGoesIntoThatBucket) {

@@ -29,9 +29,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr std::size_t kReadChunk = std::size_t{16} * 1024;
 // Responses to pipelined requests are batched up to this size before a write.
-constexpr std::size_t kMaxBatchedOutput = 64 * 1024;
+constexpr std::size_t kMaxBatchedOutput = std::size_t{64} * 1024;
 // How long a connection closed after an error keeps draining the client's unread bytes, so the
 // client reads our error response instead of a reset.
 constexpr std::chrono::milliseconds kLingerTime{1000};
@@ -497,7 +497,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Serializes the response into the output buffer, records metrics and the access log line,
   // and readies the connection for the next request.
-  void Finish(Response r) {
+  void Finish(const Response& r) {
     auto now = Clock::now();
     double seconds = std::chrono::duration<double>(now - started_).count();
     if (r.close || !keep_alive_ || shared_.draining->load(std::memory_order_relaxed))
