@@ -7,6 +7,8 @@
 #   make bench      whole-system benchmarks against their anchors (bench/)
 #   make format     clang-format the sources in place;  make lint: format check + clang-tidy
 SHELL := /bin/bash
+# Lets ccache share results between checkouts in different folders.
+export CCACHE_BASEDIR := $(CURDIR)
 JOBS ?= $(shell nproc)
 ARGS ?=
 SOURCES = $(shell git ls-files 'src/*.cc' 'src/*.h' 'src/*.cpp' 'tests/*.cc' 'tests/*.h')
