@@ -6,7 +6,8 @@
 # ROUNDS times; the script prints requests/s and p99 of every run, the medians and their ratios,
 # megaserve's idle resident memory after start and its start-to-ready time.
 #   bench/http_vs_nginx.sh [BINARY]      (default build/release/megaserve)
-# Environment: ROUNDS (3), DURATION (10s), CONNECTIONS (64).
+# Environment: ROUNDS (3), DURATION (10s), CONNECTIONS (64); ACCESS_LOG=on keeps megaserve's
+# JSON access log on (written to a file) to measure its cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/release/megaserve}
@@ -35,7 +36,9 @@ free_port() {
 # --- megaserve: start-to-ready and idle memory -----------------------------------------------
 mport=$(free_port)
 t0=$(date +%s%N)
-MEGASERVE_LOG_ACCESS=false "$bin" serve --listen "127.0.0.1:$mport" --data-dir "$tmp/data" \
+access_env=(MEGASERVE_LOG_ACCESS=false)
+[[ ${ACCESS_LOG:-off} == on ]] && access_env=(MEGASERVE_LOG_ACCESS=true "MEGASERVE_LOG_ACCESS_FILE=$tmp/access.log")
+env "${access_env[@]}" "$bin" serve --listen "127.0.0.1:$mport" --data-dir "$tmp/data" \
   2>"$tmp/megaserve.log" &
 mpid=$!
 pids+=("$mpid")
@@ -90,7 +93,7 @@ run_wrk() {  # url -> "rps p99_ms"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "body: $body_bytes bytes; wrk -t1 -c$conns -d$duration; $rounds rounds; $(nproc) cores"
+echo "body: $body_bytes bytes; megaserve access log ${ACCESS_LOG:-off}; wrk -t1 -c$conns -d$duration; $rounds rounds; $(nproc) cores"
 printf '%-6s %-10s %12s %10s\n' round server "requests/s" "p99 ms"
 ms_rps=(); ms_p99=(); ng_rps=(); ng_p99=()
 curl -sf -o /dev/null "http://127.0.0.1:$mport/v1/status"

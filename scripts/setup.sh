@@ -20,7 +20,7 @@ packages=(
   libswscale-dev libx264-dev libvpx-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev redis-server postgresql nginx-light wrk prometheus
-  curl procps
+  curl procps python3
 )
 
 check_only=0

@@ -154,6 +154,22 @@ TEST(BinaryTest, AccessLogLinesAreJson) {
   EXPECT_THAT(out, HasSubstr(R"("user_agent":"t\"q")"));
 }
 
+TEST(BinaryTest, AccessLogSamplingKeepsErrors) {
+  Process p({"serve", "--listen", "127.0.0.1:0", "--data-dir", DataDir(), "--set",
+             "log.access_sample=0"});
+  unsigned short port = p.WaitReady();
+  ASSERT_NE(port, 0);
+  RawClient c(port);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.Roundtrip(Get("/healthz")));
+  ASSERT_TRUE(c.Roundtrip(Get("/no-such-route", "X-Request-Id: the-404\r\n")));
+  p.Signal(SIGTERM);
+  ASSERT_EQ(p.Wait(), 0);
+  std::string out = p.Stdout();
+  EXPECT_THAT(out, Not(HasSubstr(R"("path":"/healthz")")));
+  EXPECT_THAT(out, HasSubstr(R"("request_id":"the-404")"));
+  EXPECT_THAT(out, HasSubstr(R"("status":404)"));
+}
+
 TEST(BinaryTest, ConfigErrorsStopStartupNamingKeyAndSource) {
   std::string file = ::testing::TempDir() + "/bad.toml";
   std::ofstream(file) << "[server]\nthreads = 5000\n";
