@@ -558,6 +558,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     auto& sb = worker_.log_buffer();
     sb.Clear();
     rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    w.SetMaxDecimalPlaces(3);
     auto str = [&w](std::string_view key, std::string_view v) {
       w.Key(key.data(), key.size());
       w.String(v.data(), v.size());
