@@ -57,13 +57,6 @@ using Callback = std::function<void(core::Result<ClientResponse>)>;
 
 constexpr std::uint32_t kMaxHeaderBytes = 64 * 1024;
 
-bool IEquals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // RFC 9110 section 5.6.2 token characters (methods and header names).
 bool IsToken(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
@@ -287,10 +280,10 @@ void Exchange::BuildRequest(ClientRequest req) {
   bool has_length = false;
   for (const auto& [name, value] : req.headers) {
     request_.insert(name, value);
-    has_host = has_host || IEquals(name, "host");
-    has_agent = has_agent || IEquals(name, "user-agent");
-    has_length =
-        has_length || IEquals(name, "content-length") || IEquals(name, "transfer-encoding");
+    has_host = has_host || beast::iequals(name, "host");
+    has_agent = has_agent || beast::iequals(name, "user-agent");
+    has_length = has_length || beast::iequals(name, "content-length") ||
+                 beast::iequals(name, "transfer-encoding");
   }
   if (!has_host) request_.set(http::field::host, url_.Authority());
   if (!has_agent && !client_->options().user_agent.empty()) {
@@ -701,7 +694,7 @@ class HttpClient::Impl : public ClientCore {
 
 std::string_view ClientResponse::Header(std::string_view name) const {
   for (const auto& [key, value] : headers) {
-    if (IEquals(key, name)) return value;
+    if (beast::iequals(key, beast::string_view(name.data(), name.size()))) return value;
   }
   return {};
 }

@@ -8,7 +8,6 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <cctype>
 #include <charconv>
 #include <ctime>
 #include <optional>
@@ -65,16 +64,6 @@ void AppendNumber(std::string& out, uint64_t v) {
   char buf[24];
   auto r = std::to_chars(buf, buf + sizeof buf, v);
   out.append(buf, r.ptr);
-}
-
-bool IEquals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -402,7 +391,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (state_ == State::kHead && parser_->is_header_done()) {
         SetDeadline(State::kBody, cfg.body_timeout);
         if (!parser_->is_done() &&
-            IEquals(FindHeader(&parser_->get().base(), "expect"), "100-continue")) {
+            beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
           out_ += "HTTP/1.1 100 Continue\r\n\r\n";
         }
       }
