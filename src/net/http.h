@@ -61,6 +61,24 @@ class Request {
   HeaderFinder find_header_ = &NoHeaders;
 };
 
+// The body of a streaming response (Server-Sent Events and the like), sent with chunked transfer
+// encoding. Every method may be called from any thread, until the server is destroyed (as with
+// Reply, holders must let go of writers before that).
+class StreamWriter {
+ public:
+  virtual ~StreamWriter() = default;
+  // Queues data to go out as one chunk. Returns false once the stream has ended; data passed
+  // after the client went away is dropped.
+  virtual bool Write(std::string data) = 0;
+  // Ends the response; the connection then serves its next request. Idempotent.
+  virtual void Close() = 0;
+  // True once the stream has ended, by Close(), the client going away, or shutdown.
+  virtual bool closed() const = 0;
+  // Runs fn once when the stream ends for any reason, on the connection's I/O thread (or at once
+  // on the caller's thread if it already has).
+  virtual void OnClose(std::function<void()> fn) = 0;
+};
+
 struct Response {
   int status = 200;
   // Must point at storage that outlives the response (a string literal in practice).
@@ -72,6 +90,10 @@ struct Response {
   std::vector<std::pair<std::string, std::string>> headers;
   // Close the connection after this response.
   bool close = false;
+  // When set, the response is streamed: the head goes out with chunked transfer encoding (the
+  // body fields are ignored), then this runs on the I/O thread with the writer for the body.
+  // A client that disconnects, or a write stalled past server.write_timeout, ends the stream.
+  std::function<void(std::shared_ptr<StreamWriter>)> stream;
 
   std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }
 };

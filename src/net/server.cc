@@ -10,6 +10,7 @@
 #include <boost/beast/http.hpp>
 #include <charconv>
 #include <ctime>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <unordered_map>
@@ -34,6 +35,8 @@ constexpr std::size_t kMaxBatchedOutput = std::size_t{64} * 1024;
 // How long a connection closed after an error keeps draining the client's unread bytes, so the
 // client reads our error response instead of a reset.
 constexpr std::chrono::milliseconds kLingerTime{1000};
+// A streaming client that falls this far behind is disconnected.
+constexpr std::size_t kMaxStreamBacklog = std::size_t{4} << 20;
 
 constexpr std::string_view kOverloadResponse =
     "HTTP/1.1 503 Service Unavailable\r\nServer: megaserve\r\nContent-Type: application/json\r\n"
@@ -235,11 +238,53 @@ class Server::Worker {
   asio::steady_timer sweep_;
 };
 
+// The StreamWriter handed to a streaming handler. Writes are posted to the connection's thread;
+// the connection marks the stream ended (and runs the OnClose callbacks) on that thread.
+class ConnectionStream final : public StreamWriter {
+ public:
+  ConnectionStream(std::weak_ptr<Connection> conn, asio::any_io_executor ex)
+      : conn_(std::move(conn)), ex_(std::move(ex)) {}
+
+  bool Write(std::string data) override;
+  void Close() override;
+  bool closed() const override { return closed_.load(std::memory_order_acquire); }
+  void OnClose(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      if (!ended_) {
+        on_close_.push_back(std::move(fn));
+        return;
+      }
+    }
+    fn();
+  }
+
+  // Called by the connection, on its thread, when the stream is over.
+  void MarkEnded() {
+    closed_.store(true, std::memory_order_release);
+    std::vector<std::function<void()>> fns;
+    {
+      std::lock_guard lock(mu_);
+      ended_ = true;
+      fns.swap(on_close_);
+    }
+    for (auto& fn : fns) fn();
+  }
+
+ private:
+  std::weak_ptr<Connection> conn_;
+  asio::any_io_executor ex_;
+  std::atomic<bool> closed_{false};
+  std::mutex mu_;
+  bool ended_ = false;                           // guarded by mu_
+  std::vector<std::function<void()>> on_close_;  // guarded by mu_
+};
+
 // One client connection. Owned by the shared_ptrs held by its pending operations (and by a
 // pending async handler's Reply); the worker's list only points at it.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  enum class State { kIdle, kHead, kBody, kHandling, kWriting, kLingering, kClosed };
+  enum class State { kIdle, kHead, kBody, kHandling, kWriting, kStreaming, kLingering, kClosed };
 
   Connection(Server::Worker& worker, tcp::socket socket)
       : worker_(worker), shared_(worker.shared()), socket_(std::move(socket)) {
@@ -272,6 +317,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
         break;
       case State::kHandling:
         break;  // no deadline while a handler runs; the drain deadline bounds it
+      case State::kStreaming:
+        if (stream_writing_) Close();  // the client stopped reading
+        break;
       default:
         Close();
     }
@@ -280,6 +328,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Shutdown has begun: close now if between requests, else after the current response.
   void Drain() {
     if (state_ == State::kIdle && in_.size() == 0) Close();
+    if (state_ == State::kStreaming) {
+      close_after_ = true;
+      StreamEnd();
+    }
   }
 
   void Close() {
@@ -290,6 +342,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     worker_.Unlink(this);
+    if (stream_) std::exchange(stream_, nullptr)->MarkEnded();
     shared_.connections->Dec();
     shared_.open_connections.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -368,7 +421,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Parses and answers every complete request in the input buffer, then writes or reads.
   void Process() {
     const auto& cfg = shared_.config.server;
-    while (in_.size() > 0 && out_.size() < kMaxBatchedOutput) {
+    while (!streaming_ && in_.size() > 0 && out_.size() < kMaxBatchedOutput) {
       if (!parser_) {
         parser_.emplace();
         parser_->header_limit(static_cast<std::uint32_t>(cfg.max_header_bytes));
@@ -400,8 +453,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
         continue;
       }
       if (!Dispatch()) return;  // an async handler will resume us
-      if (close_after_) break;
+      if (close_after_ || streaming_) break;
     }
+    if (streaming_) return StartStream();
     if (!out_.empty()) return Write();
     if (close_after_) return Close();
     Read();
@@ -492,9 +546,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (r.close || !keep_alive_ || shared_.draining->load(std::memory_order_relaxed))
       close_after_ = true;
     bool head = req_.method == Method::kHead;
-    std::string_view body = r.Body();
+    std::string_view body = r.stream ? std::string_view{} : r.Body();
     AppendHead(r, body.size());
     if (!head) out_.append(body);
+    if (r.stream && !head) {
+      streaming_ = true;
+      stream_start_ = r.stream;
+    }
 
     worker_.RequestCounter(route_, req_.method, r.status).Inc();
     shared_.route_durations[route_ ? route_->id : shared_.route_durations.size() - 1]->Observe(
@@ -519,8 +577,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (r.status != 204 && r.status != 304) {
       out_ += "\r\nContent-Type: ";
       out_ += r.content_type;
-      out_ += "\r\nContent-Length: ";
-      AppendNumber(out_, body_size);
+      if (r.stream) {
+        out_ += "\r\nTransfer-Encoding: chunked";
+      } else {
+        out_ += "\r\nContent-Length: ";
+        AppendNumber(out_, body_size);
+      }
     }
     out_ += "\r\nX-Request-Id: ";
     out_ += req_.request_id;
@@ -623,6 +685,92 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Process();
   }
 
+  // Streaming responses. The head (and any batched answers before it) is in out_; chunks
+  // accumulate in pending_ while a write is in flight.
+  void StartStream() {
+    state_ = State::kStreaming;
+    deadline_ = Clock::time_point::max();
+    stream_ = std::make_shared<ConnectionStream>(weak_from_this(), socket_.get_executor());
+    auto start = std::move(stream_start_);
+    stream_start_ = nullptr;
+    FlushStream();
+    WatchClient();
+    start(stream_);
+  }
+
+ public:
+  // Queues one chunk (I/O thread).
+  void StreamAppend(const std::string& data) {
+    if (!streaming_ || stream_ending_ || data.empty()) return;
+    char size[20];
+    auto r = std::to_chars(size, size + sizeof size, data.size(), 16);
+    pending_.append(size, r.ptr);
+    pending_ += "\r\n";
+    pending_ += data;
+    pending_ += "\r\n";
+    if (pending_.size() > kMaxStreamBacklog) return Close();
+    FlushStream();
+  }
+
+  // Ends the stream with the last chunk (I/O thread).
+  void StreamEnd() {
+    if (!streaming_ || stream_ending_) return;
+    stream_ending_ = true;
+    pending_ += "0\r\n\r\n";
+    FlushStream();
+  }
+
+ private:
+  void FlushStream() {
+    if (stream_writing_ || state_ == State::kClosed) return;
+    if (out_.empty()) out_.swap(pending_);
+    if (out_.empty()) {
+      if (stream_ending_) FinishStream();
+      return;
+    }
+    stream_writing_ = true;
+    deadline_ = Clock::now() + shared_.config.server.write_timeout;
+    asio::async_write(socket_, asio::buffer(out_),
+                      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                        self->stream_writing_ = false;
+                        if (self->state_ == State::kClosed) return;
+                        self->out_.clear();
+                        if (ec) return self->Close();
+                        self->deadline_ = Clock::time_point::max();
+                        self->FlushStream();
+                      });
+  }
+
+  // The last chunk is out: back to serving requests on this connection.
+  void FinishStream() {
+    streaming_ = false;
+    stream_ending_ = false;
+    if (stream_) std::exchange(stream_, nullptr)->MarkEnded();
+    if (close_after_) return Close();
+    const auto& cfg = shared_.config.server;
+    SetDeadline(in_.size() > 0 ? State::kHead : State::kIdle, cfg.idle_timeout);
+    if (shared_.draining->load(std::memory_order_relaxed) && in_.size() == 0) return Close();
+    Process();
+  }
+
+  // Notices a client that goes away mid-stream (a read of 0 bytes). Bytes it sends meanwhile
+  // (a pipelined request) are kept for after the stream.
+  void WatchClient() {
+    socket_.async_wait(
+        tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+          if (self->state_ != State::kStreaming) return;
+          if (ec) return self->Close();
+          std::size_t n = self->socket_.read_some(
+              self->in_.prepare(std::min(kReadChunk, self->in_.max_size() - self->in_.size())), ec);
+          if (ec == asio::error::would_block) return self->WatchClient();
+          if (ec) return self->Close();
+          self->in_.commit(n);
+          if (self->in_.size() + kReadChunk <= self->in_.max_size()) {
+            self->WatchClient();
+          }
+        });
+  }
+
   // Half-closes and discards what the client still sends for a moment, so that it sees our
   // error response rather than a connection reset.
   void Linger() {
@@ -648,6 +796,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string remote_;
   beast::flat_buffer in_;
   std::string out_;
+  std::string pending_;  // stream chunks waiting for the write in flight
+  std::shared_ptr<ConnectionStream> stream_;
+  std::function<void(std::shared_ptr<StreamWriter>)> stream_start_;
   std::optional<http::request_parser<http::string_body>> parser_;
   Request req_;
   const Route* route_ = nullptr;
@@ -660,7 +811,25 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool close_after_ = false;
   bool timed_out_ = false;
   bool linger_ = false;
+  bool streaming_ = false;
+  bool stream_ending_ = false;
+  bool stream_writing_ = false;
 };
+
+bool ConnectionStream::Write(std::string data) {
+  if (closed()) return false;
+  asio::post(ex_, [conn = conn_, data = std::move(data)] {
+    if (auto c = conn.lock()) c->StreamAppend(data);
+  });
+  return true;
+}
+
+void ConnectionStream::Close() {
+  if (closed_.exchange(true, std::memory_order_acq_rel)) return;
+  asio::post(ex_, [conn = conn_] {
+    if (auto c = conn.lock()) c->StreamEnd();
+  });
+}
 
 void Server::Worker::Link(Connection* c) {
   c->next = head_;

@@ -222,6 +222,101 @@ TEST_F(HttpServerTest, SlowClientDoesNotHoldAThread) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 300ms);
 }
 
+// A route streaming `count` chunks from another thread, then ending the stream.
+net::SyncHandler Streamer(int count) {
+  return [count](const net::Request&) {
+    net::Response r;
+    r.content_type = "text/event-stream";
+    r.stream = [count](std::shared_ptr<net::StreamWriter> w) {
+      std::thread([w, count] {
+        for (int i = 1; i <= count; ++i) {
+          EXPECT_TRUE(w->Write("data: " + std::to_string(i) + "\n\n"));
+          std::this_thread::sleep_for(20ms);
+        }
+        w->Close();
+        EXPECT_FALSE(w->Write("late"));
+      }).detach();
+    };
+    return r;
+  };
+}
+
+TEST(StreamingTest, ChunksArriveInOrderThenTheConnectionServesTheNextRequest) {
+  TestServer server;
+  server.router.Add(net::Method::kGet, "/events", Streamer(3));
+  server.Start();
+  RawClient c(server.port());
+  auto head = c.Roundtrip(Get("/events"));
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(head->Header("transfer-encoding"), "chunked");
+  EXPECT_EQ(head->Header("content-type"), "text/event-stream");
+  EXPECT_EQ(head->Header("content-length"), "");
+  for (int i = 1; i <= 3; ++i) {
+    auto chunk = c.ReadChunk();
+    ASSERT_TRUE(chunk);
+    EXPECT_EQ(*chunk, "data: " + std::to_string(i) + "\n\n");
+  }
+  auto last = c.ReadChunk();
+  ASSERT_TRUE(last);
+  EXPECT_EQ(*last, "");
+  auto next = c.Roundtrip(Get("/healthz"));
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->status, 200);
+}
+
+TEST(StreamingTest, ClientDisconnectEndsTheStream) {
+  TestServer server;
+  std::promise<void> ended;
+  std::shared_ptr<net::StreamWriter> writer;
+  std::promise<void> started;
+  server.router.Add(net::Method::kGet, "/events", [&](const net::Request&) {
+    net::Response r;
+    r.content_type = "text/event-stream";
+    r.stream = [&](std::shared_ptr<net::StreamWriter> w) {
+      writer = w;
+      w->OnClose([&] { ended.set_value(); });
+      started.set_value();
+    };
+    return r;
+  });
+  server.Start();
+  RawClient c(server.port());
+  ASSERT_TRUE(c.Roundtrip(Get("/events")));
+  started.get_future().wait();
+  EXPECT_FALSE(writer->closed());
+  c.Disconnect();
+  ASSERT_EQ(ended.get_future().wait_for(2s), std::future_status::ready);
+  EXPECT_TRUE(writer->closed());
+  EXPECT_FALSE(writer->Write("data: nobody\n\n"));
+}
+
+TEST(StreamingTest, ShutdownEndsOpenStreams) {
+  TestServer server;
+  std::shared_ptr<net::StreamWriter> writer;
+  std::promise<void> started;
+  server.router.Add(net::Method::kGet, "/events", [&](const net::Request&) {
+    net::Response r;
+    r.stream = [&](std::shared_ptr<net::StreamWriter> w) {
+      writer = w;
+      started.set_value();
+    };
+    return r;
+  });
+  server.Start();
+  RawClient c(server.port());
+  ASSERT_TRUE(c.Roundtrip(Get("/events")));
+  started.get_future().wait();
+  auto start = std::chrono::steady_clock::now();
+  server.server().Shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);  // no wait for the drain deadline
+  auto last = c.ReadChunk();
+  ASSERT_TRUE(last);
+  EXPECT_EQ(*last, "");
+  EXPECT_TRUE(c.WaitClosed());
+  EXPECT_TRUE(writer->closed());
+}
+
 class IdleTimeoutTest : public ::testing::Test {};
 
 TEST_F(IdleTimeoutTest, IdleKeepAliveConnectionIsClosed) {

@@ -115,6 +115,28 @@ class RawClient {
     return Read(head);
   }
 
+  // Reads one chunk of a chunked body: its data, "" for the last chunk, nullopt on error.
+  std::optional<std::string> ReadChunk() {
+    std::size_t eol;
+    while ((eol = buf_.find("\r\n")) == std::string::npos) {
+      if (!Fill()) return std::nullopt;
+    }
+    std::size_t size = std::stoul(buf_.substr(0, eol), nullptr, 16);
+    buf_.erase(0, eol + 2);
+    while (buf_.size() < size + 2) {
+      if (!Fill()) return std::nullopt;
+    }
+    std::string data = buf_.substr(0, size);
+    buf_.erase(0, size + 2);
+    return data;
+  }
+
+  // Closes the client's side of the connection.
+  void Disconnect() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
   // True when the server has closed the connection (read returns 0) within the timeout.
   bool WaitClosed() {
     char c;
