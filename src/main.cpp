@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <thread>
 
@@ -18,6 +19,8 @@
 #include "metrics/registry.h"
 #include "net/router.h"
 #include "net/server.h"
+#include "store/database.h"
+#include "store/migrations.h"
 
 namespace {
 
@@ -133,6 +136,58 @@ int Serve(const ConfigFlags& flags) {
   return 0;
 }
 
+// "2024-05-01 12:00:00 UTC" for unix microseconds.
+std::string FormatMicros(int64_t micros) {
+  std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return text;
+}
+
+// megaserve migrate [--status]: applies pending migrations to store.url, or lists them.
+int Migrate(const ConfigFlags& flags, bool status_only) {
+  auto loaded = flags.Load();
+  if (!loaded.ok()) return Fail(loaded.status());
+  store::StoreOptions options = store::StoreOptionsFromConfig(loaded->config);
+  std::printf("database: %s\n", core::RedactUrlPassword(options.url).c_str());
+  auto db = store::Database::Open(options);
+  if (!db.ok()) return Fail(core::Status(db.status().code(), "migrate: " + db.status().message()));
+
+  if (status_only) {
+    auto list = store::MigrationStatus(**db);
+    if (!list.ok()) {
+      return Fail(core::Status(list.status().code(), "migrate: " + list.status().message()));
+    }
+    int pending = 0;
+    for (const auto& m : *list) {
+      if (m.applied) {
+        std::printf("applied  %4d  %-32s %s\n", m.version, m.name.c_str(),
+                    FormatMicros(m.applied_at).c_str());
+      } else {
+        ++pending;
+        std::printf("pending  %4d  %s\n", m.version, m.name.c_str());
+      }
+    }
+    std::printf("%d applied, %d pending\n", static_cast<int>(list->size()) - pending, pending);
+    return 0;
+  }
+
+  std::vector<store::MigrationInfo> applied;
+  core::Status status = store::Migrate(**db, &applied);
+  for (const auto& m : applied) std::printf("applied  %4d  %s\n", m.version, m.name.c_str());
+  if (!status.ok()) return Fail(core::Status(status.code(), "migrate: " + status.message()));
+  int latest = store::Migrations().empty() ? 0 : store::Migrations().back().version;
+  if (applied.empty()) {
+    std::printf("up to date at version %d\n", latest);
+  } else {
+    std::printf("%zu migration%s applied; now at version %d\n", applied.size(),
+                applied.size() == 1 ? "" : "s", latest);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,6 +200,13 @@ int main(int argc, char** argv) {
   ConfigFlags flags;
   auto* serve = app.add_subcommand("serve", "Run every role in one process (HTTP API, metrics).");
   flags.AddTo(serve);
+
+  auto* migrate = app.add_subcommand(
+      "migrate", "Apply pending database migrations to store.url, or list them with --status.");
+  flags.AddTo(migrate);
+  bool migrate_status = false;
+  migrate->add_flag("--status", migrate_status,
+                    "List applied and pending migrations without changing anything");
 
   auto* version = app.add_subcommand("version", "Print the version and build details.");
 
@@ -160,6 +222,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (*serve) return Serve(flags);
+  if (*migrate) return Migrate(flags, migrate_status);
   if (*version) {
     std::printf("megaserve %s (commit %s, %s build, %s)\n", build::kVersion, build::kGitCommit,
                 build::kBuildType, build::kCompiler);

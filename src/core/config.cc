@@ -76,6 +76,9 @@ struct KeyDef {
   bool min_exclusive = false;
   std::vector<std::string_view> choices = {};
   std::string (*check)(const Value&) = nullptr;
+  // For a secret string key whose value is partly public: shows the value with only its secret
+  // part masked. Without it a secret is printed as "********".
+  std::string (*redact)(std::string_view) = nullptr;
 
   // Derived from the member's type, so the two cannot disagree.
   Type type() const {
@@ -162,6 +165,17 @@ std::string CheckBuckets(const Value& v) {
     }
   }
   return "";
+}
+
+// Empty (the default SQLite file), or a URL whose scheme names a supported engine.
+std::string CheckStoreUrl(const Value& v) {
+  const std::string& url = std::get<std::string>(v);
+  if (url.empty() || url == "sqlite::memory:" || url.starts_with("sqlite://") ||
+      url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+    return "";
+  }
+  return "expected sqlite:///PATH, sqlite://RELATIVE_PATH, sqlite::memory:, postgresql://... or "
+         "postgres://...";
 }
 
 // The descriptor table. Defaults are not repeated here: they are whatever Config{} holds.
@@ -275,6 +289,40 @@ const std::vector<KeyDef>& Keys() {
        .help = "Upper bounds in seconds of the request duration histogram buckets",
        .field = [](Config& c) -> Field { return &c.metrics.duration_buckets; },
        .check = CheckBuckets},
+
+      {.name = "store.url",
+       .help = "Job store: sqlite:///ABS/PATH.db, sqlite://REL/PATH.db, sqlite::memory: or "
+               "postgresql://USER:PASSWORD@HOST:PORT/DB; empty = sqlite:///<data_dir>/megaserve.db",
+       .field = [](Config& c) -> Field { return &c.store.url; },
+       .secret = true,
+       .check = CheckStoreUrl,
+       .redact = [](std::string_view url) { return RedactUrlPassword(url); }},
+      {.name = "store.pool_size",
+       .help = "PostgreSQL connections kept open in the pool",
+       .field = [](Config& c) -> Field { return &c.store.pool_size; },
+       .min = 1,
+       .max = 1000},
+      {.name = "store.max_overflow",
+       .help = "Extra PostgreSQL connections opened under load beyond pool_size",
+       .field = [](Config& c) -> Field { return &c.store.max_overflow; },
+       .min = 0,
+       .max = 1000},
+      {.name = "store.pool_timeout",
+       .help = "Longest wait for a free PostgreSQL connection before failing",
+       .field = [](Config& c) -> Field { return &c.store.pool_timeout; },
+       .min = 0,
+       .min_exclusive = true},
+      {.name = "store.pre_ping",
+       .help = "Check that a pooled PostgreSQL connection is alive before handing it out",
+       .field = [](Config& c) -> Field { return &c.store.pre_ping; }},
+      {.name = "store.recycle",
+       .help = "PostgreSQL connections older than this are replaced on checkout",
+       .field = [](Config& c) -> Field { return &c.store.recycle; },
+       .min = 0,
+       .min_exclusive = true},
+      {.name = "store.migrate_on_start",
+       .help = "Apply pending database migrations when serve starts",
+       .field = [](Config& c) -> Field { return &c.store.migrate_on_start; }},
   };
   return keys;
 }
@@ -475,6 +523,7 @@ std::string Format(const Value& value, bool as_toml) {
 std::string FormatForDisplay(const KeyDef& key, const Value& value, bool as_toml) {
   if (key.secret) {
     const auto* s = std::get_if<std::string>(&value);
+    if (s && key.redact) return Quote(key.redact(*s));
     return s && s->empty() ? Quote("") : Quote("********");
   }
   return Format(value, as_toml);
@@ -524,7 +573,10 @@ std::string FormatBound(Type type, double bound) {
 // The problem with a value for this key, or "" when it is acceptable.
 std::string Validate(const KeyDef& key, const Value& value) {
   Type type = static_cast<Type>(value.index());
-  std::string got = key.secret ? "********" : Format(value, false);
+  std::string got = !key.secret ? Format(value, false)
+                    : key.redact && std::holds_alternative<std::string>(value)
+                        ? Quote(key.redact(std::get<std::string>(value)))
+                        : "********";
   std::optional<double> number;
   switch (type) {
     case Type::kInt: {
@@ -1086,6 +1138,40 @@ Result<std::pair<std::string, unsigned short>> ParseListen(std::string_view text
   std::from_chars(port.data(), port.data() + port.size(), value);
   return std::pair<std::string, unsigned short>(std::string(host),
                                                 static_cast<unsigned short>(value));
+}
+
+std::string RedactUrlPassword(std::string_view url) {
+  constexpr std::string_view kMask = "********";
+  std::string out(url);
+  std::size_t scheme = out.find("://");
+  if (scheme != std::string::npos) {
+    std::size_t start = scheme + 3;
+    std::size_t end = out.find_first_of("/?#", start);
+    if (end == std::string::npos) end = out.size();
+    std::size_t at = out.rfind('@', end - 1);
+    if (at != std::string::npos && at >= start) {
+      std::size_t colon = out.find(':', start);
+      if (colon != std::string::npos && colon < at) {
+        out.replace(colon + 1, at - colon - 1, kMask);
+      }
+    }
+  }
+  // password=... in the query string (libpq accepts it there too).
+  std::size_t query = out.find('?');
+  while (query != std::string::npos) {
+    std::size_t key = query + 1;
+    if (out.compare(key, 9, "password=") == 0) {
+      std::size_t value = key + 9;
+      std::size_t end = out.find('&', value);
+      if (end == std::string::npos) end = out.size();
+      out.replace(value, end - value, kMask);
+      end = value + kMask.size();
+      query = end < out.size() ? end : std::string::npos;
+    } else {
+      query = out.find('&', key);
+    }
+  }
+  return out;
 }
 
 std::string FormatDuration(Duration d) {

@@ -69,12 +69,27 @@ struct MetricsConfig {
   bool operator==(const MetricsConfig&) const = default;
 };
 
+struct StoreConfig {
+  // sqlite:///ABS/PATH.db, sqlite://REL/PATH.db, sqlite::memory:, postgresql://... (secret: may
+  // hold a password). Empty = sqlite:///<data_dir>/megaserve.db.
+  std::string url;
+  int pool_size = 20;             // PostgreSQL connections kept open
+  int max_overflow = 10;          // extra connections opened under load, closed when returned
+  Duration pool_timeout{30'000};  // longest wait for a free connection
+  bool pre_ping = true;           // check a pooled connection is alive before handing it out
+  Duration recycle{3'600'000};    // connections older than this are replaced on checkout
+  bool migrate_on_start = true;   // serve applies pending migrations at start-up
+
+  bool operator==(const StoreConfig&) const = default;
+};
+
 struct Config {
   std::string data_dir = "./data";  // jobs database, artifacts, models
   ServerConfig server;
   CorsConfig cors;
   LogConfig log;
   MetricsConfig metrics;
+  StoreConfig store;
 
   bool operator==(const Config&) const = default;
 };
@@ -129,6 +144,10 @@ Result<std::size_t> ParseSize(std::string_view text);
 // Splits "HOST:PORT" / "[V6]:PORT" into host and port; port 0..65535.
 // An IPv6 host is returned without its brackets ("[::1]:80" -> {"::1", 80}).
 Result<std::pair<std::string, unsigned short>> ParseListen(std::string_view text);
+
+// The URL with any password replaced by "********": the userinfo password of
+// "scheme://user:password@host/..." and a "password=" query parameter. Other text is unchanged.
+std::string RedactUrlPassword(std::string_view url);
 
 // Formats a duration in the largest unit that divides it exactly: "1h", "2m", "10s", "250ms".
 std::string FormatDuration(Duration d);

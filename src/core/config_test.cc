@@ -535,7 +535,8 @@ TEST(ConfigKeysTest, DescribesEveryKey) {
     for (char c : info.key)
       env += c == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     EXPECT_TRUE(env_names.insert(env).second) << "two keys share " << env;
-    EXPECT_EQ(info.secret, info.key == "metrics.bearer_token") << info.key;
+    EXPECT_EQ(info.secret, info.key == "metrics.bearer_token" || info.key == "store.url")
+        << info.key;
   }
   auto type_of = [&](const std::string& key) {
     for (const KeyInfo& info : keys) {
@@ -551,6 +552,79 @@ TEST(ConfigKeysTest, DescribesEveryKey) {
   EXPECT_EQ(type_of("log.access_sample"), "float");
   EXPECT_EQ(type_of("cors.allowed_origins"), "string list");
   EXPECT_EQ(type_of("metrics.duration_buckets"), "float list");
+}
+
+TEST(StoreConfigTest, DefaultsAndOverrides) {
+  auto defaults = LoadConfig({});
+  ASSERT_TRUE(defaults.ok());
+  const StoreConfig& d = defaults->config.store;
+  EXPECT_EQ(d.url, "");
+  EXPECT_EQ(d.pool_size, 20);
+  EXPECT_EQ(d.max_overflow, 10);
+  EXPECT_EQ(d.pool_timeout, Duration(30'000));
+  EXPECT_TRUE(d.pre_ping);
+  EXPECT_EQ(d.recycle, Duration(3'600'000));
+  EXPECT_TRUE(d.migrate_on_start);
+
+  TempFile file(R"(
+[store]
+url = "postgresql://app:pw@db:5432/megaserve"
+pool_size = 5
+max_overflow = 0
+pool_timeout = "250ms"
+pre_ping = false
+recycle = "10m"
+migrate_on_start = false
+)");
+  auto loaded = LoadConfig({.file = file.path(), .env = {{"MEGASERVE_STORE_POOL_SIZE", "7"}}});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const StoreConfig& s = loaded->config.store;
+  EXPECT_EQ(s.url, "postgresql://app:pw@db:5432/megaserve");
+  EXPECT_EQ(s.pool_size, 7);
+  EXPECT_EQ(s.max_overflow, 0);
+  EXPECT_EQ(s.pool_timeout, Duration(250));
+  EXPECT_FALSE(s.pre_ping);
+  EXPECT_EQ(s.recycle, Duration(600'000));
+  EXPECT_FALSE(s.migrate_on_start);
+}
+
+TEST(StoreConfigTest, RangesAndUrlSchemes) {
+  EXPECT_THAT(ErrorOf(LoadConfig({.env = {{"MEGASERVE_STORE_POOL_SIZE", "0"}}})),
+              HasSubstr("store.pool_size: must be between 1 and 1000, got 0"));
+  EXPECT_THAT(ErrorOf(LoadConfig({.env = {{"MEGASERVE_STORE_MAX_OVERFLOW", "-1"}}})),
+              HasSubstr("store.max_overflow: must be between 0 and 1000"));
+  EXPECT_THAT(ErrorOf(LoadConfig({.env = {{"MEGASERVE_STORE_POOL_TIMEOUT", "0s"}}})),
+              HasSubstr("store.pool_timeout: must be greater than 0s"));
+  EXPECT_THAT(ErrorOf(LoadConfig({.env = {{"MEGASERVE_STORE_RECYCLE", "0"}}})),
+              HasSubstr("store.recycle: must be greater than 0s"));
+  std::string error =
+      ErrorOf(LoadConfig({.env = {{"MEGASERVE_STORE_URL", "mysql://u:hunter2@h/db"}}}));
+  EXPECT_THAT(error, HasSubstr("store.url: expected sqlite:///PATH"));
+  EXPECT_THAT(error, Not(HasSubstr("hunter2")));
+  for (const char* url : {"sqlite:///var/lib/m.db", "sqlite://m.db", "sqlite::memory:",
+                          "postgres://h/db", "postgresql://u@h:5433/db?sslmode=disable"}) {
+    EXPECT_TRUE(LoadConfig({.env = {{"MEGASERVE_STORE_URL", url}}}).ok()) << url;
+  }
+}
+
+TEST(StoreConfigTest, UrlPasswordIsMaskedWhenPrinted) {
+  auto loaded = LoadConfig(
+      {.env = {{"MEGASERVE_STORE_URL", "postgresql://app:s3cr3t@db.internal:5432/megaserve"}}});
+  ASSERT_TRUE(loaded.ok());
+  std::string printed = PrintConfig(*loaded);
+  EXPECT_THAT(printed, Not(HasSubstr("s3cr3t")));
+  EXPECT_THAT(printed, HasSubstr("url = \"postgresql://app:********@db.internal:5432/megaserve\""));
+  EXPECT_THAT(PrintConfig(*LoadConfig({})), HasSubstr("[store]\nurl = \"\"  # default\n"));
+}
+
+TEST(RedactUrlPasswordTest, MasksOnlyThePassword) {
+  EXPECT_EQ(RedactUrlPassword("postgresql://u:p@h/db"), "postgresql://u:********@h/db");
+  EXPECT_EQ(RedactUrlPassword("postgresql://u@h/db"), "postgresql://u@h/db");
+  EXPECT_EQ(RedactUrlPassword("postgres://u:p%40x@h:1/db?sslmode=require"),
+            "postgres://u:********@h:1/db?sslmode=require");
+  EXPECT_EQ(RedactUrlPassword("postgresql://h/db?user=u&password=pw&sslmode=off"),
+            "postgresql://h/db?user=u&password=********&sslmode=off");
+  EXPECT_EQ(RedactUrlPassword("sqlite:///data/m.db"), "sqlite:///data/m.db");
 }
 
 TEST(ExampleConfigTest, LoadsAndListsEveryKeyWithItsDefault) {

@@ -206,6 +206,22 @@ TEST(BinaryTest, PortInUseIsAClearError) {
   close(fd);
 }
 
+TEST(BinaryTest, MigrateAppliesOnceThenReportsUpToDate) {
+  std::string dir = ::testing::TempDir() + "/migrate_" + std::to_string(getpid());
+  Process first({"migrate", "--data-dir", dir});
+  ASSERT_EQ(first.Wait(), 0) << first.Stderr();
+  EXPECT_THAT(first.Stdout(), HasSubstr("applied     1  create_jobs"));
+  Process again({"migrate", "--data-dir", dir});
+  ASSERT_EQ(again.Wait(), 0) << again.Stderr();
+  EXPECT_THAT(again.Stdout(), HasSubstr("up to date at version"));
+  Process status({"migrate", "--status", "--data-dir", dir});
+  ASSERT_EQ(status.Wait(), 0);
+  EXPECT_THAT(status.Stdout(), HasSubstr("0 pending"));
+  Process bad({"migrate", "--set", "store.url=postgresql://u:pw@127.0.0.1:1/x"});
+  EXPECT_EQ(bad.Wait(), 2);
+  EXPECT_THAT(bad.Stdout() + bad.Stderr(), Not(HasSubstr(":pw@")));
+}
+
 TEST(BinaryTest, ConfigPrintShowsSourcesAndMasksSecrets) {
   std::string file = ::testing::TempDir() + "/good.toml";
   std::ofstream(file) << "[metrics]\nbearer_token = \"hunter2-very-secret\"\n";
