@@ -10,14 +10,12 @@
 #include <filesystem>
 #include <thread>
 
-#include "api/status.h"
-#include "api/system_routes.h"
+#include "api/app.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "megaserve/build_info.h"
 #include "metrics/process.h"
 #include "metrics/registry.h"
-#include "net/router.h"
 #include "net/server.h"
 #include "store/database.h"
 #include "store/migrations.h"
@@ -100,37 +98,21 @@ int Serve(const ConfigFlags& flags) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  net::Server* server_ptr = nullptr;
-  net::Router router;
-  api::StatusInfo info;
-  info.roles = {"api"};
-  info.config = &config;
-  info.router = &router;
-  info.io_threads = config.server.threads > 0 ? unsigned(config.server.threads)
-                                              : std::max(1u, std::thread::hardware_concurrency());
-  api::StatusCache status(info);
-  api::SystemContext ctx;
-  ctx.config = &config;
-  ctx.registry = &registry;
-  ctx.status = &status;
-  ctx.ready = [&server_ptr] { return server_ptr && server_ptr->ready(); };
-  ctx.draining = [&server_ptr] { return server_ptr && server_ptr->draining(); };
-  api::RegisterSystemRoutes(router, ctx);
-
-  net::Server server(config, router, registry);
-  server_ptr = &server;
-  if (auto s = server.Start(); !s.ok()) return Fail(s);
-  server.set_ready(true);
+  auto app = api::App::Create(config, registry);
+  if (!app.ok()) return Fail(app.status());
+  if (auto s = (*app)->Start(); !s.ok()) return Fail(s);
+  net::Server& server = (*app)->server();
   double ready_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   spdlog::info("megaserve {} listening on {} (port {}, {} I/O threads), ready in {:.1f} ms",
-               build::kVersion, config.server.listen, server.port(), info.io_threads, ready_ms);
+               build::kVersion, config.server.listen, server.port(), server.loops().size(),
+               ready_ms);
 
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("received {}; draining (up to {} ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                config.server.drain_timeout.count());
-  server.Shutdown();
+  (*app)->Shutdown();
   spdlog::info("stopped");
   core::ShutdownLogging();
   return 0;
@@ -198,7 +180,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("megaserve ") + build::kVersion);
 
   ConfigFlags flags;
-  auto* serve = app.add_subcommand("serve", "Run every role in one process (HTTP API, metrics).");
+  auto* serve = app.add_subcommand(
+      "serve", "Run every role in one process: HTTP API, job store, workers, metrics.");
   flags.AddTo(serve);
 
   auto* migrate = app.add_subcommand(

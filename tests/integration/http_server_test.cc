@@ -17,10 +17,10 @@ using namespace std::chrono_literals;
 class HttpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_.router.Add(net::Method::kPost, "/echo", [](const net::Request& r) {
+    server_.router().Add(net::Method::kPost, "/echo", [](const net::Request& r) {
       return net::JsonResponse(200, std::string(r.body));
     });
-    server_.router.Add(net::Method::kGet, "/items/{id}", [](const net::Request& r) {
+    server_.router().Add(net::Method::kGet, "/items/{id}", [](const net::Request& r) {
       return net::JsonResponse(200, "{\"id\":\"" + std::string(r.Param("id")) + "\"}");
     });
     server_.Start();
@@ -243,7 +243,7 @@ net::SyncHandler Streamer(int count) {
 
 TEST(StreamingTest, ChunksArriveInOrderThenTheConnectionServesTheNextRequest) {
   TestServer server;
-  server.router.Add(net::Method::kGet, "/events", Streamer(3));
+  server.router().Add(net::Method::kGet, "/events", Streamer(3));
   server.Start();
   RawClient c(server.port());
   auto head = c.Roundtrip(Get("/events"));
@@ -270,7 +270,7 @@ TEST(StreamingTest, ClientDisconnectEndsTheStream) {
   std::promise<void> ended;
   std::shared_ptr<net::StreamWriter> writer;
   std::promise<void> started;
-  server.router.Add(net::Method::kGet, "/events", [&](const net::Request&) {
+  server.router().Add(net::Method::kGet, "/events", [&](const net::Request&) {
     net::Response r;
     r.content_type = "text/event-stream";
     r.stream = [&](std::shared_ptr<net::StreamWriter> w) {
@@ -295,7 +295,7 @@ TEST(StreamingTest, ShutdownEndsOpenStreams) {
   TestServer server;
   std::shared_ptr<net::StreamWriter> writer;
   std::promise<void> started;
-  server.router.Add(net::Method::kGet, "/events", [&](const net::Request&) {
+  server.router().Add(net::Method::kGet, "/events", [&](const net::Request&) {
     net::Response r;
     r.stream = [&](std::shared_ptr<net::StreamWriter> w) {
       writer = w;
@@ -384,7 +384,7 @@ TEST(CorsTest, AllowedOriginsGetHeadersOthersDoNot) {
 TEST(ShutdownTest, InFlightRequestFinishesAndNewConnectionsAreRefused) {
   TestServer server;
   std::promise<void> request_arrived;
-  server.router.AddAsync(net::Method::kGet, "/slow", [&](const net::Request&, net::Reply reply) {
+  server.router().AddAsync(net::Method::kGet, "/slow", [&](const net::Request&, net::Reply reply) {
     request_arrived.set_value();
     std::thread([reply] {
       std::this_thread::sleep_for(400ms);
@@ -422,7 +422,7 @@ TEST(ShutdownTest, DrainDeadlineClosesStuckRequests) {
   config.server.drain_timeout = 200ms;
   TestServer server(config);
   std::shared_ptr<net::Reply> kept;
-  server.router.AddAsync(net::Method::kGet, "/never", [&](const net::Request&, net::Reply reply) {
+  server.router().AddAsync(net::Method::kGet, "/never", [&](const net::Request&, net::Reply reply) {
     kept = std::make_shared<net::Reply>(std::move(reply));  // never answered
   });
   server.Start();

@@ -144,10 +144,10 @@ TEST(SystemEndpointsTest, OpenApiDescribesEveryRoute) {
   std::set<std::string> documented;
   for (auto& p : d["paths"].GetObject()) documented.insert(p.name.GetString());
   std::set<std::string> served;
-  for (const auto& route : server.router.routes()) served.insert(route->pattern);
+  for (const auto& route : server.router().routes()) served.insert(route->pattern);
   EXPECT_EQ(documented, served);
   // And every documented operation exists with the documented method.
-  for (const auto& route : server.router.routes()) {
+  for (const auto& route : server.router().routes()) {
     const auto& ops = d["paths"][route->pattern.c_str()];
     for (std::size_t m = 0; m < net::kMethodCount; ++m) {
       auto method = static_cast<net::Method>(m);

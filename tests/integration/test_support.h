@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -15,8 +16,7 @@
 #include <string>
 #include <thread>
 
-#include "api/status.h"
-#include "api/system_routes.h"
+#include "api/app.h"
 #include "core/config.h"
 #include "metrics/registry.h"
 #include "net/router.h"
@@ -170,9 +170,18 @@ inline std::string Get(std::string_view path, std::string_view extra_headers = "
   return r;
 }
 
-// Test-friendly defaults: an ephemeral loopback port, two I/O threads, short timeouts.
+// A fresh, empty folder for one test's data (its SQLite job store).
+inline std::string FreshDataDir() {
+  std::string pattern = ::testing::TempDir() + "/megaserve_test_XXXXXX";
+  char* dir = mkdtemp(pattern.data());
+  return dir ? std::string(dir) : ::testing::TempDir();
+}
+
+// Test-friendly defaults: an ephemeral loopback port, two I/O threads, short timeouts, a
+// throwaway data folder.
 inline core::Config TestConfig() {
   core::Config c;
+  c.data_dir = FreshDataDir();
   c.server.listen = "127.0.0.1:0";
   c.server.threads = 2;
   c.server.header_timeout = std::chrono::milliseconds(400);
@@ -183,49 +192,35 @@ inline core::Config TestConfig() {
   return c;
 }
 
-// A server running in this process with the system routes plus whatever a test adds to
-// `router` before calling Start().
+// The whole `serve` process (api::App) in this test process. Tests may add routes to `router`
+// before calling Start().
 class TestServer {
  public:
   explicit TestServer(core::Config config = TestConfig()) : config_(std::move(config)) {
-    info_.roles = {"api"};
-    info_.config = &config_;
-    info_.router = &router;
-    info_.io_threads = static_cast<unsigned>(config_.server.threads);
+    auto app = api::App::Create(config_, registry);
+    if (!app.ok()) throw std::runtime_error(app.status().ToString());
+    app_ = std::move(*app);
   }
-  ~TestServer() {
-    if (server_) server_->Shutdown();
-  }
+  ~TestServer() { app_->Shutdown(); }
 
-  // Registers the system routes and starts listening.
   void Start() {
-    status_ = std::make_unique<api::StatusCache>(info_);
-    api::SystemContext ctx;
-    ctx.config = &config_;
-    ctx.registry = &registry;
-    ctx.status = status_.get();
-    ctx.ready = [this] { return server_ && server_->ready(); };
-    ctx.draining = [this] { return server_ && server_->draining(); };
-    api::RegisterSystemRoutes(router, ctx);
-    server_ = std::make_unique<net::Server>(config_, router, registry);
-    auto s = server_->Start();
+    auto s = app_->Start();
     if (!s.ok()) throw std::runtime_error(s.ToString());
-    server_->set_ready(true);
   }
 
-  unsigned short port() const { return server_->port(); }
-  net::Server& server() { return *server_; }
-  api::StatusCache& status() { return *status_; }
+  unsigned short port() { return app_->server().port(); }
+  net::Server& server() { return app_->server(); }
+  api::StatusCache& status() { return app_->status(); }
+  api::App& app() { return *app_; }
   const core::Config& config() const { return config_; }
 
-  net::Router router;
+  net::Router& router() { return app_->router(); }
+
   metrics::Registry registry;
 
  private:
   core::Config config_;
-  api::StatusInfo info_;
-  std::unique_ptr<api::StatusCache> status_;
-  std::unique_ptr<net::Server> server_;
+  std::unique_ptr<api::App> app_;
 };
 
 }  // namespace megaserve::testing

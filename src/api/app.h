@@ -1,0 +1,71 @@
+// The `serve` process as an object: configuration in, a running HTTP server with the job store,
+// workers and every route out. main() and the integration tests build the same thing.
+//
+// Start-up order: open the store (and migrate it when store.migrate_on_start), start the
+// blocking pool, the job queue, the workers and the event streams, register the routes, then
+// listen. Shutdown runs the other way: HTTP drains first (in-flight requests finish, streams get
+// their last chunk), then event streams, workers (running jobs get server.drain_timeout to
+// finish), and the blocking pool.
+#pragma once
+
+#include <memory>
+
+#include "api/job_events.h"
+#include "api/status.h"
+#include "core/blocking_pool.h"
+#include "core/config.h"
+#include "jobs/job_queue.h"
+#include "jobs/workers.h"
+#include "net/router.h"
+#include "net/server.h"
+#include "store/database.h"
+
+namespace megaserve::metrics {
+class Registry;
+}
+
+namespace megaserve::api {
+
+class App {
+ public:
+  // Opens the store and builds everything; nothing listens yet. `config` and `registry` must
+  // outlive the App.
+  static core::Result<std::unique_ptr<App>> Create(const core::Config& config,
+                                                   metrics::Registry& registry);
+  ~App();                    // Shuts down if still running.
+  App(const App&) = delete;  // No copying allowed.
+  App& operator=(const App&) = delete;
+
+  // Routes may be added here until Start().
+  net::Router& router() { return router_; }
+
+  // Starts the workers and the HTTP server, then reports ready.
+  core::Status Start();
+
+  // Graceful shutdown (see the top of this file). Idempotent.
+  void Shutdown();
+
+  net::Server& server() { return *server_; }
+  jobs::JobQueue& queue() { return *queue_; }
+  jobs::Workers& workers() { return *workers_; }
+  StatusCache& status() { return *status_; }
+  store::Database& database() { return *db_; }
+
+ private:
+  App(const core::Config& config, metrics::Registry& registry);
+
+  const core::Config& config_;
+  metrics::Registry& registry_;
+  std::unique_ptr<store::Database> db_;
+  std::unique_ptr<core::BlockingPool> pool_;
+  std::unique_ptr<jobs::JobQueue> queue_;
+  std::unique_ptr<jobs::Workers> workers_;
+  std::unique_ptr<JobEventStreams> streams_;
+  net::Router router_;
+  std::unique_ptr<StatusCache> status_;
+  std::unique_ptr<net::Server> server_;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace megaserve::api
