@@ -24,20 +24,14 @@ constexpr int64_t kSecond = 1'000'000;
 class JobQueueTest : public ::testing::TestWithParam<Engine> {
  protected:
   void SetUp() override {
-    store::StoreOptions options;
-    if (GetParam() == Engine::kSqlite) {
-      options.url = dir_.SqliteUrl();
-    } else {
+    std::string pg_url;
+    if (GetParam() == Engine::kPostgres) {
       MEGASERVE_REQUIRE_POSTGRES(base);
-      schema_ = std::make_unique<store::testing::PostgresSchema>(base);
-      options.url = schema_->url();
+      pg_url = base;
     }
-    options.pool_size = 8;
-    auto db = store::Database::Open(options);
-    ASSERT_TRUE(db.ok()) << db.status().ToString();
-    db_ = std::move(*db);
-    auto migrated = store::Migrate(*db_);
-    ASSERT_TRUE(migrated.ok()) << migrated.ToString();
+    database_.Open(GetParam(), pg_url);
+    ASSERT_FALSE(HasFatalFailure());
+    db_ = &database_.db();
     queue_ = MakeQueue("worker-a");
   }
 
@@ -71,9 +65,8 @@ class JobQueueTest : public ::testing::TestWithParam<Engine> {
   }
 
   std::atomic<int64_t> now_{1'700'000'000 * kSecond};
-  store::testing::TempDir dir_;
-  std::unique_ptr<store::testing::PostgresSchema> schema_;
-  std::unique_ptr<store::Database> db_;
+  store::testing::TestDatabase database_;
+  store::Database* db_ = nullptr;
   std::unique_ptr<JobQueue> queue_;
 };
 

@@ -25,20 +25,14 @@ using Clock = std::chrono::steady_clock;
 class WorkersTest : public ::testing::TestWithParam<Engine> {
  protected:
   void SetUp() override {
-    store::StoreOptions options;
-    if (GetParam() == Engine::kSqlite) {
-      options.url = dir_.SqliteUrl();
-    } else {
+    std::string pg_url;
+    if (GetParam() == Engine::kPostgres) {
       MEGASERVE_REQUIRE_POSTGRES(base);
-      schema_ = std::make_unique<store::testing::PostgresSchema>(base);
-      options.url = schema_->url();
+      pg_url = base;
     }
-    options.pool_size = 8;
-    auto db = store::Database::Open(options);
-    ASSERT_TRUE(db.ok()) << db.status().ToString();
-    db_ = std::move(*db);
-    auto migrated = store::Migrate(*db_);
-    ASSERT_TRUE(migrated.ok()) << migrated.ToString();
+    database_.Open(GetParam(), pg_url);
+    ASSERT_FALSE(HasFatalFailure());
+    db_ = &database_.db();
     JobQueue::Options queue_options;
     queue_options.retry_base = 10ms;
     queue_options.retry_cap = 20ms;
@@ -90,9 +84,8 @@ class WorkersTest : public ::testing::TestWithParam<Engine> {
                                           [&](const JobEvent& e) { return e.kind == kind; }));
   }
 
-  store::testing::TempDir dir_;
-  std::unique_ptr<store::testing::PostgresSchema> schema_;
-  std::unique_ptr<store::Database> db_;
+  store::testing::TestDatabase database_;
+  store::Database* db_ = nullptr;
   std::unique_ptr<JobQueue> queue_;
 };
 

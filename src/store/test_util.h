@@ -15,6 +15,7 @@
 #include <string>
 
 #include "store/database.h"
+#include "store/migrations.h"
 
 namespace megaserve::store::testing {
 
@@ -105,6 +106,37 @@ class PostgresSchema {
   std::string name_;
   std::string url_;
   std::unique_ptr<Database> admin_;
+};
+
+// One test's database: a SQLite file in a temporary folder, or a PostgreSQL schema of its own,
+// opened with a pool of 8 and migrated. Failures are reported as test failures; check
+// HasFatalFailure() after Open().
+class TestDatabase {
+ public:
+  // pg_url is TEST_POSTGRES_URL for kPostgres (checked by the caller with
+  // MEGASERVE_REQUIRE_POSTGRES), unused for kSqlite.
+  void Open(Engine engine, const std::string& pg_url = "") {
+    StoreOptions options;
+    if (engine == Engine::kSqlite) {
+      options.url = dir_.SqliteUrl();
+    } else {
+      schema_ = std::make_unique<PostgresSchema>(pg_url);
+      options.url = schema_->url();
+    }
+    options.pool_size = 8;
+    auto db = Database::Open(options);
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    db_ = std::move(*db);
+    auto migrated = Migrate(*db_);
+    ASSERT_TRUE(migrated.ok()) << migrated.ToString();
+  }
+
+  Database& db() { return *db_; }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<PostgresSchema> schema_;
+  std::unique_ptr<Database> db_;
 };
 
 }  // namespace megaserve::store::testing
