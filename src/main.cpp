@@ -1,6 +1,7 @@
 // megaserve: one binary, subcommands for each role and tool.
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -13,6 +14,9 @@
 #include "api/app.h"
 #include "core/config.h"
 #include "core/logging.h"
+#include "jobs/builtin_handlers.h"
+#include "jobs/job_queue.h"
+#include "jobs/workers.h"
 #include "megaserve/build_info.h"
 #include "metrics/process.h"
 #include "metrics/registry.h"
@@ -118,6 +122,46 @@ int Serve(const ConfigFlags& flags) {
   return 0;
 }
 
+// megaserve worker: claims and runs jobs from one queue of the configured store (PostgreSQL
+// when several processes share it), until SIGTERM/SIGINT.
+int Work(const ConfigFlags& flags, const std::string& queue_name, int concurrency) {
+  auto loaded = flags.Load();
+  if (!loaded.ok()) return Fail(loaded.status());
+  const core::Config& config = loaded->config;
+  if (auto s = core::InitLogging(config.log); !s.ok()) return Fail(s);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto db = store::OpenConfiguredStore(config);
+  if (!db.ok()) return Fail(db.status());
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  jobs::JobQueue queue(**db, std::string(host) + ":" + std::to_string(getpid()));
+  jobs::WorkersOptions options;
+  options.queue = queue_name;
+  options.concurrency = concurrency;
+  options.heartbeat_interval = std::chrono::seconds(1);
+  jobs::Workers workers(queue, options);
+  jobs::RegisterBuiltinHandlers(workers);
+  workers.Start();
+  std::string types;
+  for (const auto& t : workers.types()) types += (types.empty() ? "" : ", ") + t;
+  spdlog::info("megaserve {} worker on queue \"{}\" ({} at once; types: {}), ready",
+               build::kVersion, queue_name, concurrency, types);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}; finishing running jobs (up to {} ms)",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT", config.server.drain_timeout.count());
+  workers.Stop(config.server.drain_timeout);
+  spdlog::info("stopped");
+  core::ShutdownLogging();
+  return 0;
+}
+
 // "2024-05-01 12:00:00 UTC" for unix microseconds.
 std::string FormatMicros(int64_t micros) {
   std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
@@ -191,6 +235,16 @@ int main(int argc, char** argv) {
   migrate->add_flag("--status", migrate_status,
                     "List applied and pending migrations without changing anything");
 
+  std::string worker_queue = "default";
+  int worker_concurrency = 4;
+  auto* worker = app.add_subcommand(
+      "worker", "Run jobs from a queue of the job store (share it through PostgreSQL to scale).");
+  flags.AddTo(worker);
+  worker->add_option("-q,--queue", worker_queue, "queue to claim jobs from")->capture_default_str();
+  worker->add_option("-n,--concurrency", worker_concurrency, "jobs to run at once")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+
   auto* version = app.add_subcommand("version", "Print the version and build details.");
 
   auto* config = app.add_subcommand("config", "Inspect the configuration.");
@@ -205,6 +259,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (*serve) return Serve(flags);
+  if (*worker) return Work(flags, worker_queue, worker_concurrency);
   if (*migrate) return Migrate(flags, migrate_status);
   if (*version) {
     std::printf("megaserve %s (commit %s, %s build, %s)\n", build::kVersion, build::kGitCommit,

@@ -27,16 +27,9 @@ App::~App() { Shutdown(); }
 core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
                                                metrics::Registry& registry) {
   std::unique_ptr<App> app(new App(config, registry));
-  auto db = store::Database::Open(store::StoreOptionsFromConfig(config));
-  if (!db.ok()) return core::Status(db.status().code(), "store: " + db.status().message());
+  auto db = store::OpenConfiguredStore(config);
+  if (!db.ok()) return db.status();
   app->db_ = std::move(*db);
-  if (config.store.migrate_on_start) {
-    std::vector<store::MigrationInfo> applied;
-    if (auto s = store::Migrate(*app->db_, &applied); !s.ok()) {
-      return core::Status(s.code(), "store: migrating: " + s.message());
-    }
-    for (const auto& m : applied) spdlog::info("store: applied migration {} {}", m.version, m.name);
-  }
   app->pool_ = std::make_unique<core::BlockingPool>("store", kPoolThreads, kPoolQueue);
   char host[256] = {};
   gethostname(host, sizeof host - 1);

@@ -2,6 +2,7 @@
 #include "store/migrations.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <map>
@@ -254,6 +255,19 @@ Result<std::vector<MigrationInfo>> MigrationStatus(Database& db,
   }
   for (auto& [version, info] : recorded) out.push_back(info);
   return out;
+}
+
+core::Result<std::unique_ptr<Database>> OpenConfiguredStore(const core::Config& config) {
+  auto db = Database::Open(StoreOptionsFromConfig(config));
+  if (!db.ok()) return core::Status(db.status().code(), "store: " + db.status().message());
+  if (config.store.migrate_on_start) {
+    std::vector<MigrationInfo> applied;
+    if (auto s = Migrate(**db, &applied); !s.ok()) {
+      return core::Status(s.code(), "store: migrating: " + s.message());
+    }
+    for (const auto& m : applied) spdlog::info("store: applied migration {} {}", m.version, m.name);
+  }
+  return std::move(*db);
 }
 
 }  // namespace megaserve::store

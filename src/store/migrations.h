@@ -11,10 +11,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/config.h"
 #include "core/status.h"
 #include "store/database.h"
 
@@ -52,5 +54,10 @@ core::Result<std::vector<MigrationInfo>> MigrationStatus(Database& db);
 // As above with an explicit list (tests).
 core::Result<std::vector<MigrationInfo>> MigrationStatus(Database& db,
                                                          const std::vector<Migration>& migrations);
+
+// Opens the store named by the configuration (store.url, or the SQLite file in data_dir) and,
+// when store.migrate_on_start is set, applies pending migrations, logging each. What `serve` and
+// `worker` do first.
+core::Result<std::unique_ptr<Database>> OpenConfiguredStore(const core::Config& config);
 
 }  // namespace megaserve::store

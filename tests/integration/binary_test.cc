@@ -9,6 +9,8 @@
 #include <fstream>
 #include <regex>
 
+#include "jobs/job_queue.h"
+#include "store/migrations.h"
 #include "test_support.h"
 
 namespace megaserve::testing {
@@ -220,6 +222,36 @@ TEST(BinaryTest, MigrateAppliesOnceThenReportsUpToDate) {
   Process bad({"migrate", "--set", "store.url=postgresql://u:pw@127.0.0.1:1/x"});
   EXPECT_EQ(bad.Wait(), 2);
   EXPECT_THAT(bad.Stdout() + bad.Stderr(), Not(HasSubstr(":pw@")));
+}
+
+TEST(BinaryTest, WorkerRunsJobsFromItsQueueAndStopsOnSigterm) {
+  core::Config config;
+  config.data_dir = FreshDataDir();
+  auto db = store::OpenConfiguredStore(config);
+  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  jobs::JobQueue queue(**db, "test");
+  jobs::NewJob job;
+  job.type = "noop";
+  job.queue = "batch";
+  auto queued = queue.Enqueue(job);
+  ASSERT_TRUE(queued.ok());
+  job.queue = "other";
+  auto elsewhere = queue.Enqueue(job);
+  ASSERT_TRUE(elsewhere.ok());
+
+  Process worker({"worker", "--queue", "batch", "--data-dir", config.data_dir});
+  jobs::JobStatus status = jobs::JobStatus::kQueued;
+  for (int i = 0; i < 500 && status != jobs::JobStatus::kSucceeded; ++i) {
+    std::this_thread::sleep_for(10ms);
+    auto j = queue.Get(queued->id);
+    ASSERT_TRUE(j.ok());
+    status = j->status;
+  }
+  EXPECT_EQ(status, jobs::JobStatus::kSucceeded) << worker.Stderr();
+  EXPECT_EQ(queue.Get(elsewhere->id)->status, jobs::JobStatus::kQueued);  // not its queue
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(), 0) << worker.Stderr();
+  EXPECT_THAT(worker.Stderr(), HasSubstr("worker on queue \"batch\""));
 }
 
 TEST(BinaryTest, ConfigPrintShowsSourcesAndMasksSecrets) {
