@@ -44,7 +44,9 @@ test: release
 	scripts/test.sh build/release
 
 bench: release
+	cmake --build build/release --target jobs_throughput
 	bench/http_vs_nginx.sh
+	bench/jobs_throughput.sh
 
 format:
 	clang-format -i $(SOURCES)
