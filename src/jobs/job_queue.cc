@@ -26,13 +26,18 @@ using store::Session;
 using store::Value;
 
 // Every column of `jobs`, in Job order, then whether a cancel was requested.
-constexpr std::string_view kJobColumns =
-    "id, type, queue, status, priority, input, output, error, attempts, max_attempts, "
-    "run_after, lease_owner, lease_expires_at, fencing_token, idempotency_key, input_hash, "
-    "progress_value, progress_max, progress_message, webhook_url, webhook_events, created_at, "
-    "started_at, completed_at, updated_at, "
+#define MEGASERVE_JOB_ROW_COLUMNS                                                             \
+  "id, type, queue, status, priority, input, output, error, attempts, max_attempts, "         \
+  "run_after, lease_owner, lease_expires_at, fencing_token, idempotency_key, input_hash, "    \
+  "progress_value, progress_max, progress_message, webhook_url, webhook_events, created_at, " \
+  "started_at, completed_at, updated_at, "
+constexpr std::string_view kJobColumns = MEGASERVE_JOB_ROW_COLUMNS
     "CASE WHEN EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = jobs.id AND "
     "e.kind = 'cancel_requested') THEN 1 ELSE 0 END";
+// The same columns for RETURNING right after a claim, when no cancel can have been requested
+// yet (a queued job is canceled outright), so the row comes back without a second query.
+constexpr std::string_view kClaimedColumns = MEGASERVE_JOB_ROW_COLUMNS "0";
+#undef MEGASERVE_JOB_ROW_COLUMNS
 
 // The guard of every write made under a lease: $1 is the id, $2 the fencing token.
 constexpr std::string_view kFenced = "id = $1 AND status = 'running' AND fencing_token = $2";
@@ -254,9 +259,22 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
     }
     Status appended = AppendEventIn(s, id, "queued", "", now);
     if (!appended.ok()) return appended;
-    auto job = LoadJob(s, id);
-    if (!job.ok()) return job.status();
-    out = std::move(*job);
+    // Every column of the new row is known here; reading it back would cost a round trip.
+    out = Job{};
+    out.id = id;
+    out.type = spec.type;
+    out.queue = spec.queue;
+    out.status = JobStatus::kQueued;
+    out.priority = spec.priority;
+    out.input_json = spec.input_json;
+    out.max_attempts = spec.max_attempts;
+    out.run_after_us = spec.run_after_us > 0 ? spec.run_after_us : now;
+    out.idempotency_key = spec.idempotency_key;
+    out.input_hash = hash;
+    out.webhook_url = spec.webhook_url;
+    out.webhook_events = spec.webhook_events;
+    out.created_at_us = now;
+    out.updated_at_us = now;
     return Status::Ok();
   });
   if (!status.ok()) return status;
@@ -281,23 +299,21 @@ Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
       "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, "
       "lease_expires_at = $2, fencing_token = fencing_token + 1, started_at = $3, "
       "updated_at = $3 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND queue = $4 "
-      "AND run_after <= $3{} ORDER BY priority, run_after, id LIMIT $5{}) RETURNING id",
-      type_filter, postgres ? " FOR UPDATE SKIP LOCKED" : "");
+      "AND run_after <= $3{} ORDER BY priority, run_after, id LIMIT $5{}) RETURNING {}",
+      type_filter, postgres ? " FOR UPDATE SKIP LOCKED" : "", kClaimedColumns);
   std::vector<Claimed> out;
   Status status = db_.Transact([&](Session& s) -> Status {
     out.clear();
-    auto ids = s.Execute(sql, params);
-    if (!ids.ok()) return ids.status();
-    for (size_t r = 0; r < ids->size(); ++r) {
-      std::string id = ids->GetText(r, 0);
-      auto job = LoadJob(s, id);
-      if (!job.ok()) return job.status();
+    auto rows = s.Execute(sql, params);
+    if (!rows.ok()) return rows.status();
+    for (size_t r = 0; r < rows->size(); ++r) {
+      Job job = JobFromRow(*rows, r);
       Status appended = AppendEventIn(
-          s, id, "started",
-          JsonObject().Int("attempt", job->attempts).Str("worker", worker_id_).Done(), now);
+          s, job.id, "started",
+          JsonObject().Int("attempt", job.attempts).Str("worker", worker_id_).Done(), now);
       if (!appended.ok()) return appended;
-      int64_t token = job->fencing_token;
-      out.push_back({std::move(*job), token});
+      int64_t token = job.fencing_token;
+      out.push_back({std::move(job), token});
     }
     return Status::Ok();
   });

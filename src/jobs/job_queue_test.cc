@@ -95,6 +95,20 @@ TEST_P(JobQueueTest, EnqueueAndGetRoundTrip) {
   EXPECT_EQ(got->fencing_token, 0);
   EXPECT_FALSE(got->has_progress);
   EXPECT_THAT(EventKinds(job.id), ElementsAre("queued"));
+  // What Enqueue returns (built without reading the row back) matches the stored row.
+  EXPECT_EQ(job.type, got->type);
+  EXPECT_EQ(job.queue, got->queue);
+  EXPECT_EQ(job.status, got->status);
+  EXPECT_EQ(job.priority, got->priority);
+  EXPECT_EQ(job.input_json, got->input_json);
+  EXPECT_EQ(job.max_attempts, got->max_attempts);
+  EXPECT_EQ(job.run_after_us, got->run_after_us);
+  EXPECT_EQ(job.idempotency_key, got->idempotency_key);
+  EXPECT_EQ(job.input_hash, got->input_hash);
+  EXPECT_EQ(job.webhook_url, got->webhook_url);
+  EXPECT_EQ(job.webhook_events, got->webhook_events);
+  EXPECT_EQ(job.created_at_us, got->created_at_us);
+  EXPECT_EQ(job.updated_at_us, got->updated_at_us);
 }
 
 TEST_P(JobQueueTest, RejectsInvalidJobs) {
