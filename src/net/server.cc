@@ -487,6 +487,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
       req_.request_id = {id_buf_, sizeof id_buf_};
     }
     keep_alive_ = msg.keep_alive();
+    if (req_.version == 11 && msg.find(http::field::host) == msg.end()) {
+      // RFC 9112 section 3.2: an HTTP/1.1 request without Host is answered with 400.
+      Response r = ErrorResponse(400, "missing_host", "HTTP/1.1 requests need a Host header");
+      r.close = true;
+      Finish(r);
+      return true;
+    }
     origin_ = shared_.cors_enabled ? req_.Header("origin") : std::string_view{};
     if (!origin_.empty() && !shared_.OriginAllowed(origin_)) origin_ = {};
 

@@ -50,7 +50,8 @@ TEST(ServerTest, ServesOnEphemeralPortFromEveryThread) {
   EXPECT_EQ(server.loops().size(), 3u);
   EXPECT_FALSE(server.ready());  // until the owner says so
   for (int i = 0; i < 30; ++i) {
-    std::string r = Fetch(server.port(), "GET /hi HTTP/1.1\r\nConnection: close\r\n\r\n");
+    std::string r =
+        Fetch(server.port(), "GET /hi HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     ASSERT_EQ(r.substr(0, 15), "HTTP/1.1 200 OK") << r;
     EXPECT_NE(r.find("\r\n\r\n\"hi\""), std::string::npos);
   }

@@ -141,6 +141,20 @@ TEST_F(HttpServerTest, MalformedRequestLineGets400AndClose) {
   }
 }
 
+TEST_F(HttpServerTest, Http11WithoutHostGets400) {
+  RawClient c(server_.port());
+  auto r = c.Roundtrip("GET /healthz HTTP/1.1\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_THAT(r->body, HasSubstr(R"("code":"missing_host")"));
+  EXPECT_EQ(r->Header("connection"), "close");
+  // HTTP/1.0 has no such rule.
+  RawClient old(server_.port());
+  r = old.Roundtrip("GET /healthz HTTP/1.0\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
 TEST_F(HttpServerTest, NotFoundAndMethodNotAllowedAreJson) {
   RawClient c(server_.port());
   auto r = c.Roundtrip(Get("/nope"));
