@@ -29,9 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source scripts/lib/throwaway.sh
 
 # --- megaserve: start-to-ready and idle memory -----------------------------------------------
 mport=$(free_port)

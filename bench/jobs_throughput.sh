@@ -19,36 +19,16 @@ batch=${BATCH:-32}
 [[ -x $bin ]] || { echo "missing $bin: run make release (or ninja -C $build jobs_throughput)" >&2; exit 1; }
 
 tmp=$(mktemp -d -t megaserve-bench.XXXXXX)
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[[ -n $pg_bin ]] || { echo "missing PostgreSQL server binaries: run scripts/setup.sh" >&2; exit 1; }
-as_pg=()
-if [[ $(id -u) -eq 0 ]]; then
-  # PostgreSQL refuses to run as root; its files and processes belong to the postgres user.
-  as_pg=(runuser -u postgres --)
-fi
-
+source scripts/lib/throwaway.sh
 cleanup() {
   set +e
-  [[ -d $tmp/pg ]] && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/pg" -m fast -w stop >/dev/null 2>&1
+  pg_stop "$tmp"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-pg_port=$(free_port)
-mkdir -p "$tmp/pg"
-[[ ${#as_pg[@]} -gt 0 ]] && chown postgres "$tmp" "$tmp/pg"
-"${as_pg[@]}" "$pg_bin/initdb" -D "$tmp/pg" -U megaserve --auth=trust -E UTF8 >"$tmp/initdb.log" 2>&1 ||
-  { cat "$tmp/initdb.log" >&2; exit 1; }
 # Stock durability: synchronous_commit=on and fsync on, so every commit waits for its WAL flush.
-"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/pg" -l "$tmp/pg.log" -w \
-  -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c synchronous_commit=on" start >/dev/null ||
-  { cat "$tmp/pg.log" >&2; exit 1; }
-"$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U megaserve megaserve_bench
-pg_url="postgresql://megaserve@127.0.0.1:$pg_port/megaserve_bench"
+pg_start "$tmp" megaserve_bench synchronous_commit=on
 sqlite_dir="$tmp/sqlite"
 mkdir -p "$sqlite_dir"
 sqlite_url="sqlite://$sqlite_dir/bench.db"
@@ -61,7 +41,7 @@ run() {  # label, jobs_throughput args... -> prints the run, sets $out
   grep -v '^result ' <<<"$out" >&2
 }
 
-pg_version=$("$pg_bin/postgres" --version | awk '{print $3}')
+pg_version=$("$(_pg_bin)/postgres" --version | awk '{print $3}')
 echo "jobs_throughput: $jobs noop jobs per run, $producers producers, $workers workers, $(nproc) cores;" \
   "PostgreSQL $pg_version (synchronous_commit=on, fsync=on), SQLite WAL" >&2
 
