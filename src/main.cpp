@@ -7,13 +7,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <filesystem>
 #include <thread>
 
 #include "api/app.h"
 #include "core/config.h"
 #include "core/logging.h"
+#include "core/time_format.h"
 #include "jobs/builtin_handlers.h"
 #include "jobs/job_queue.h"
 #include "jobs/workers.h"
@@ -162,16 +162,6 @@ int Work(const ConfigFlags& flags, const std::string& queue_name, int concurrenc
   return 0;
 }
 
-// "2024-05-01 12:00:00 UTC" for unix microseconds.
-std::string FormatMicros(int64_t micros) {
-  std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return text;
-}
-
 // megaserve migrate [--status]: applies pending migrations to store.url, or lists them.
 int Migrate(const ConfigFlags& flags, bool status_only) {
   auto loaded = flags.Load();
@@ -190,7 +180,7 @@ int Migrate(const ConfigFlags& flags, bool status_only) {
     for (const auto& m : *list) {
       if (m.applied) {
         std::printf("applied  %4d  %-32s %s\n", m.version, m.name.c_str(),
-                    FormatMicros(m.applied_at).c_str());
+                    core::Rfc3339(m.applied_at).c_str());
       } else {
         ++pending;
         std::printf("pending  %4d  %s\n", m.version, m.name.c_str());

@@ -6,10 +6,10 @@
 
 #include <charconv>
 #include <chrono>
-#include <ctime>
 
 #include "api/job_events.h"
 #include "core/ids.h"
+#include "core/time_format.h"
 #include "jobs/builtin_handlers.h"
 
 namespace megaserve::api {
@@ -21,26 +21,14 @@ using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
 namespace {
 
-int64_t NowMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // RFC 3339 with microseconds, or null for 0.
 void WriteTime(Writer& w, int64_t micros) {
   if (micros == 0) {
     w.Null();
     return;
   }
-  std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char text[40];
-  std::size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-  n += static_cast<std::size_t>(std::snprintf(text + n, sizeof text - n, ".%06lldZ",
-                                              static_cast<long long>(micros % 1'000'000)));
-  w.String(text, static_cast<rapidjson::SizeType>(n));
+  std::string text = core::Rfc3339(micros, /*with_micros=*/true);
+  w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
 }
 
 void WriteString(Writer& w, const char* key, std::string_view v) {
@@ -257,7 +245,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
     if (parsed.error) return reply(std::move(*parsed.error));
     parsed.job.idempotency_key = std::move(key);
     OffLoop(ctx.pool, std::move(reply), [ctx, job = std::move(parsed.job)] {
-      int64_t before = NowMicros();
+      int64_t before = core::NowMicros();
       auto created = ctx.queue->Enqueue(job);
       if (!created.ok()) return StoreError(created.status());
       ctx.workers->Wake();

@@ -6,9 +6,9 @@
 #include <unistd.h>
 
 #include <boost/version.hpp>
-#include <ctime>
 #include <thread>
 
+#include "core/time_format.h"
 #include "megaserve/build_info.h"
 
 namespace megaserve::api {
@@ -17,12 +17,8 @@ namespace {
 std::atomic<uint64_t> g_next_id{1};
 
 std::string Iso8601(std::chrono::system_clock::time_point t) {
-  std::time_t s = std::chrono::system_clock::to_time_t(t);
-  std::tm tm;
-  gmtime_r(&s, &tm);
-  char buf[32];
-  std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return {buf, n};
+  return core::Rfc3339(
+      std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count());
 }
 
 struct ThreadCopy {

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "core/ids.h"
+#include "core/time_format.h"
 #include "jobs/backoff.h"
 
 namespace megaserve::jobs {
@@ -202,9 +203,7 @@ JobQueue::JobQueue(store::Database& db, std::string worker_id, Options options)
 
 int64_t JobQueue::Now() const {
   if (options_.now_us) return options_.now_us();
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return core::NowMicros();
 }
 
 int64_t JobQueue::RetryDelayUs(int attempts) {

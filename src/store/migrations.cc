@@ -7,6 +7,8 @@
 #include <chrono>
 #include <map>
 
+#include "core/time_format.h"
+
 namespace megaserve::store {
 namespace {
 
@@ -139,12 +141,6 @@ constexpr std::string_view kLock =
     "SELECT pg_advisory_lock(7101, hashtext(current_schema()))::text";
 constexpr std::string_view kUnlock = "SELECT pg_advisory_unlock(7101, hashtext(current_schema()))";
 
-int64_t NowMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 Status Prefixed(const Migration& m, const Status& s) {
   return Status(s.code(), fmt::format("migration {} ({}): {}", m.version, m.name, s.message()));
 }
@@ -161,7 +157,7 @@ Status ApplyOne(Session& session, const Migration& m, std::vector<MigrationInfo>
     if (!seen->empty()) return false;
     auto run = session.Execute(sqlite ? m.sqlite_sql : m.postgres_sql);
     if (!run.ok()) return run.status();
-    int64_t now = NowMicros();
+    int64_t now = core::NowMicros();
     auto record = session.Execute(
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
         {int64_t{m.version}, std::string(m.name), now});

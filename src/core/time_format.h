@@ -1,0 +1,16 @@
+// Timestamps as text, in UTC.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace megaserve::core {
+
+// RFC 3339 for Unix time in microseconds: "2026-11-27T01:02:03Z", or with
+// fractional seconds "2026-11-27T01:02:03.000123Z" when with_micros is set.
+std::string Rfc3339(int64_t unix_micros, bool with_micros = false);
+
+// Unix time in microseconds now.
+int64_t NowMicros();
+
+}  // namespace megaserve::core
