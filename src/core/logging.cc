@@ -28,9 +28,9 @@ Status InitLogging(const LogConfig& config) {
 
   if (config.access) {
     // One background thread, a bounded queue; when it is full the oldest line is dropped
-    // rather than stalling an I/O thread. spdlog allocates the whole queue up front (about
-    // 400 bytes a slot): 8192 slots hold a fraction of a second at full speed for ~3 MiB,
-    // where 65536 slots cost 25 MiB of resident memory before the first request.
+    // rather than stalling an I/O thread. spdlog allocates the whole queue up front: with 65536
+    // slots idle RSS was 32.3 MiB, with 8192 slots 10.0 MiB (bench/http_vs_nginx.sh with
+    // ACCESS_LOG=on, docs/benchmarks.md); 8192 still holds a fraction of a second at full speed.
     spdlog::init_thread_pool(8192, 1);
     try {
       if (config.access_file == "-") {
