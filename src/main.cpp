@@ -16,6 +16,8 @@
 #include "core/time_format.h"
 #include "jobs/builtin_handlers.h"
 #include "jobs/job_queue.h"
+#include "jobs/jobs_config.h"
+#include "jobs/webhook_signature.h"
 #include "jobs/workers.h"
 #include "megaserve/build_info.h"
 #include "metrics/process.h"
@@ -139,18 +141,19 @@ int Work(const ConfigFlags& flags, const std::string& queue_name, int concurrenc
   if (!db.ok()) return Fail(db.status());
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  jobs::JobQueue queue(**db, std::string(host) + ":" + std::to_string(getpid()));
-  jobs::WorkersOptions options;
-  options.queue = queue_name;
-  options.concurrency = concurrency;
-  options.heartbeat_interval = std::chrono::seconds(1);
+  jobs::JobQueue queue(**db, std::string(host) + ":" + std::to_string(getpid()),
+                       jobs::QueueOptionsFromConfig(config));
+  jobs::WorkersOptions options = jobs::WorkersOptionsFromConfig(config);
+  if (!queue_name.empty()) options.queue = queue_name;
+  if (concurrency > 0) options.concurrency = concurrency;
+  options.concurrency = std::max(1, options.concurrency);
   jobs::Workers workers(queue, options);
   jobs::RegisterBuiltinHandlers(workers);
   workers.Start();
   std::string types;
   for (const auto& t : workers.types()) types += (types.empty() ? "" : ", ") + t;
   spdlog::info("megaserve {} worker on queue \"{}\" ({} at once; types: {}), ready",
-               build::kVersion, queue_name, concurrency, types);
+               build::kVersion, options.queue, options.concurrency, types);
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -225,15 +228,17 @@ int main(int argc, char** argv) {
   migrate->add_flag("--status", migrate_status,
                     "List applied and pending migrations without changing anything");
 
-  std::string worker_queue = "default";
-  int worker_concurrency = 4;
+  std::string worker_queue;    // "" = jobs.queue
+  int worker_concurrency = 0;  // 0 = jobs.concurrency
   auto* worker = app.add_subcommand(
       "worker", "Run jobs from a queue of the job store (share it through PostgreSQL to scale).");
   flags.AddTo(worker);
-  worker->add_option("-q,--queue", worker_queue, "queue to claim jobs from")->capture_default_str();
-  worker->add_option("-n,--concurrency", worker_concurrency, "jobs to run at once")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
+  worker->add_option("-q,--queue", worker_queue,
+                     "queue to claim jobs from (default: jobs.queue, \"default\")");
+  worker
+      ->add_option("-n,--concurrency", worker_concurrency,
+                   "jobs to run at once (default: jobs.concurrency, 4)")
+      ->check(CLI::Range(1, 4096));
 
   auto* version = app.add_subcommand("version", "Print the version and build details.");
 
@@ -245,6 +250,11 @@ int main(int argc, char** argv) {
       "are masked.");
   flags.AddTo(print);
   auto* keys = config->add_subcommand("keys", "List every configuration key with its type.");
+
+  auto* webhooks = app.add_subcommand("webhooks", "Webhook tools.");
+  webhooks->require_subcommand(1);
+  auto* new_secret = webhooks->add_subcommand(
+      "new-secret", "Print a fresh webhook signing secret (\"whsec_...\") for webhooks.secret.");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -260,6 +270,12 @@ int main(int argc, char** argv) {
     auto loaded = flags.Load();
     if (!loaded.ok()) return Fail(loaded.status());
     std::fputs(core::PrintConfig(*loaded).c_str(), stdout);
+    return 0;
+  }
+  if (*new_secret) {
+    auto secret = jobs::WebhookSecret::Generate();
+    if (!secret.ok()) return Fail(secret.status());
+    std::printf("%s\n", secret->ToString().c_str());
     return 0;
   }
   if (*keys) {

@@ -8,6 +8,8 @@
 #include "api/job_routes.h"
 #include "api/system_routes.h"
 #include "jobs/builtin_handlers.h"
+#include "jobs/jobs_config.h"
+#include "jobs/webhook_signature.h"
 #include "store/migrations.h"
 
 namespace megaserve::api {
@@ -16,6 +18,31 @@ namespace {
 // Blocking-pool size: enough threads to keep the store's connections busy without oversubscribing.
 constexpr std::size_t kPoolThreads = 8;
 constexpr std::size_t kPoolQueue = 4096;
+
+// The dispatcher's options from [webhooks]; errors name the key at fault. Without a secret the
+// result has none (webhooks are off).
+core::Result<jobs::WebhookDispatcherOptions> WebhookOptions(const core::Config& config) {
+  const core::WebhooksConfig& c = config.webhooks;
+  jobs::WebhookDispatcherOptions options;
+  if (!c.secret.empty()) {
+    auto secret = jobs::WebhookSecret::Parse(c.secret);
+    if (!secret.ok()) {
+      return core::InvalidArgument("webhooks.secret: " + secret.status().message() +
+                                   " (make one with: megaserve webhooks new-secret)");
+    }
+    options.secret = std::move(*secret);
+  }
+  options.ssrf = {.allow_private = c.allow_private, .allowed_cidrs = c.allowed_cidrs};
+  options.timeout = c.timeout;
+  options.concurrency = c.concurrency;
+  options.retry_schedule.clear();
+  for (const std::string& wait : c.retry_schedule) {
+    auto d = core::ParseDuration(wait);
+    if (!d.ok()) return core::InvalidArgument("webhooks.retry_schedule: " + d.status().message());
+    options.retry_schedule.push_back(*d);
+  }
+  return options;
+}
 
 }  // namespace
 
@@ -27,21 +54,34 @@ App::~App() { Shutdown(); }
 core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
                                                metrics::Registry& registry) {
   std::unique_ptr<App> app(new App(config, registry));
+  auto webhooks = WebhookOptions(config);
+  if (!webhooks.ok()) return webhooks.status();
+  auto guard = jobs::SsrfGuard::Create(webhooks->ssrf);
+  if (!guard.ok()) {
+    return core::InvalidArgument("webhooks.allowed_cidrs: " + guard.status().message());
+  }
+  app->webhook_guard_.emplace(std::move(*guard));
   auto db = store::OpenConfiguredStore(config);
   if (!db.ok()) return db.status();
   app->db_ = std::move(*db);
   app->pool_ = std::make_unique<core::BlockingPool>("store", kPoolThreads, kPoolQueue);
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  app->queue_ = std::make_unique<jobs::JobQueue>(
-      *app->db_, std::string(host) + ":" + std::to_string(getpid()));
-  // Heartbeats also deliver cancellations, so they run every second rather than at a third of
-  // the 30 s lease: a cancel reaches a running handler within about a second.
-  jobs::WorkersOptions worker_options;
-  worker_options.heartbeat_interval = std::chrono::seconds(1);
-  app->workers_ = std::make_unique<jobs::Workers>(*app->queue_, worker_options);
+  app->queue_ = std::make_unique<jobs::JobQueue>(*app->db_,
+                                                 std::string(host) + ":" + std::to_string(getpid()),
+                                                 jobs::QueueOptionsFromConfig(config));
+  // Heartbeats also deliver cancellations (jobs.heartbeat, 1 s by default, rather than a third
+  // of the lease), so a cancel reaches a running handler quickly.
+  app->workers_ =
+      std::make_unique<jobs::Workers>(*app->queue_, jobs::WorkersOptionsFromConfig(config));
   jobs::RegisterBuiltinHandlers(*app->workers_);
   app->streams_ = std::make_unique<JobEventStreams>(*app->queue_);
+  if (webhooks->secret) {
+    auto dispatcher = jobs::WebhookDispatcher::Create(*app->db_, *app->queue_, std::move(*webhooks),
+                                                      JobJson, registry);
+    if (!dispatcher.ok()) return dispatcher.status();
+    app->webhooks_ = std::move(*dispatcher);
+  }
 
   StatusInfo info;
   info.roles = {"api", "jobs", "worker"};
@@ -65,6 +105,7 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
   jobs_ctx.workers = app->workers_.get();
   jobs_ctx.pool = app->pool_.get();
   jobs_ctx.streams = app->streams_.get();
+  if (app->webhooks_) jobs_ctx.webhook_guard = &*app->webhook_guard_;
   RegisterJobRoutes(app->router_, jobs_ctx);
   return app;
 }
@@ -72,7 +113,9 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
 core::Status App::Start() {
   server_ = std::make_unique<net::Server>(config_, router_, registry_);
   if (auto s = server_->Start(); !s.ok()) return s;
-  workers_->Start();
+  // With jobs.concurrency 0 the API only enqueues; megaserve worker processes run the jobs.
+  if (config_.jobs.concurrency > 0) workers_->Start();
+  if (webhooks_) webhooks_->Start();
   started_ = true;
   server_->set_ready(true);
   return core::Status::Ok();
@@ -84,6 +127,7 @@ void App::Shutdown() {
   if (server_) server_->Shutdown();
   if (streams_) streams_->Stop();
   if (workers_ && started_) workers_->Stop(config_.server.drain_timeout);
+  if (webhooks_) webhooks_->Stop(config_.server.drain_timeout);
   if (pool_) pool_->Shutdown();
 }
 

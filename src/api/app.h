@@ -2,19 +2,23 @@
 // workers and every route out. main() and the integration tests build the same thing.
 //
 // Start-up order: open the store (and migrate it when store.migrate_on_start), start the
-// blocking pool, the job queue, the workers and the event streams, register the routes, then
-// listen. Shutdown runs the other way: HTTP drains first (in-flight requests finish, streams get
-// their last chunk), then event streams, workers (running jobs get server.drain_timeout to
-// finish), and the blocking pool.
+// blocking pool, the job queue, the workers, the webhook dispatcher (when webhooks.secret is set)
+// and the event streams, register the routes, then listen. Shutdown runs the other way: HTTP
+// drains first (in-flight requests finish, streams get their last chunk), then event streams,
+// workers (running jobs get server.drain_timeout to finish), webhook deliveries in flight (as
+// long again), and the blocking pool.
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "api/job_events.h"
 #include "api/status.h"
 #include "core/blocking_pool.h"
 #include "core/config.h"
 #include "jobs/job_queue.h"
+#include "jobs/ssrf_guard.h"
+#include "jobs/webhook_dispatcher.h"
 #include "jobs/workers.h"
 #include "net/router.h"
 #include "net/server.h"
@@ -61,6 +65,8 @@ class App {
   std::unique_ptr<jobs::JobQueue> queue_;
   std::unique_ptr<jobs::Workers> workers_;
   std::unique_ptr<JobEventStreams> streams_;
+  std::optional<jobs::SsrfGuard> webhook_guard_;       // from [webhooks]
+  std::unique_ptr<jobs::WebhookDispatcher> webhooks_;  // null without webhooks.secret
   net::Router router_;
   std::unique_ptr<StatusCache> status_;
   std::unique_ptr<net::Server> server_;

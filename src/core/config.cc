@@ -167,6 +167,47 @@ std::string CheckBuckets(const Value& v) {
   return "";
 }
 
+// "TYPE=N" entries with a non-empty type and N >= 1, each type once.
+std::string CheckTypeLimits(const Value& v) {
+  std::vector<std::string_view> seen;
+  for (const std::string& entry : std::get<std::vector<std::string>>(v)) {
+    const std::size_t eq = entry.find('=');
+    int n = 0;
+    std::string_view count =
+        eq == std::string::npos ? std::string_view() : std::string_view(entry).substr(eq + 1);
+    auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), n);
+    if (eq == std::string::npos || eq == 0 || ec != std::errc() ||
+        end != count.data() + count.size() || n < 1) {
+      return fmt::format("invalid entry \"{}\": expected TYPE=N with N >= 1", entry);
+    }
+    std::string_view type = std::string_view(entry).substr(0, eq);
+    if (std::find(seen.begin(), seen.end(), type) != seen.end()) {
+      return fmt::format("type \"{}\" is listed twice", type);
+    }
+    seen.push_back(type);
+  }
+  return "";
+}
+
+// Empty, or "whsec_" followed by base64 (the key itself is checked when serve starts).
+std::string CheckWebhookSecret(const Value& v) {
+  const std::string& secret = std::get<std::string>(v);
+  if (secret.empty() || secret.starts_with("whsec_")) return "";
+  return "expected \"whsec_<base64 key>\" (generate one with: megaserve webhooks new-secret)";
+}
+
+// A non-empty list of durations.
+std::string CheckRetrySchedule(const Value& v) {
+  const auto& list = std::get<std::vector<std::string>>(v);
+  if (list.empty()) return "must not be empty";
+  for (const std::string& item : list) {
+    auto d = ParseDuration(item);
+    if (!d.ok()) return d.status().message();
+    if (d->count() <= 0) return fmt::format("\"{}\": each wait must be greater than 0", item);
+  }
+  return "";
+}
+
 // Empty (the default SQLite file), or a URL whose scheme names a supported engine.
 std::string CheckStoreUrl(const Value& v) {
   const std::string& url = std::get<std::string>(v);
@@ -323,6 +364,61 @@ const std::vector<KeyDef>& Keys() {
       {.name = "store.migrate_on_start",
        .help = "Apply pending database migrations when serve starts",
        .field = [](Config& c) -> Field { return &c.store.migrate_on_start; }},
+      {.name = "jobs.queue",
+       .help = "Queue the in-process workers of serve claim from",
+       .field = [](Config& c) -> Field { return &c.jobs.queue; },
+       .check = CheckNotEmpty},
+      {.name = "jobs.concurrency",
+       .help = "Jobs serve runs at once in-process; 0 = none (leave them to megaserve worker)",
+       .field = [](Config& c) -> Field { return &c.jobs.concurrency; },
+       .min = 0,
+       .max = 4096},
+      {.name = "jobs.type_concurrency",
+       .help = "Per-type caps on running jobs in one process, \"TYPE=N\" each",
+       .field = [](Config& c) -> Field { return &c.jobs.type_concurrency; },
+       .check = CheckTypeLimits},
+      {.name = "jobs.lease",
+       .help = "How long a claim holds a job without a heartbeat before it is rescued",
+       .field = [](Config& c) -> Field { return &c.jobs.lease; },
+       .min = 100},
+      {.name = "jobs.heartbeat",
+       .help = "Lease renewal and cancel check interval per running job; below jobs.lease",
+       .field = [](Config& c) -> Field { return &c.jobs.heartbeat; },
+       .min = 10},
+      {.name = "jobs.poll_interval",
+       .help = "Idle claim poll interval; LISTEN/NOTIFY and local enqueues wake workers sooner",
+       .field = [](Config& c) -> Field { return &c.jobs.poll_interval; },
+       .min = 1},
+      {.name = "jobs.rescue_interval",
+       .help = "How often expired leases are looked for and their jobs requeued",
+       .field = [](Config& c) -> Field { return &c.jobs.rescue_interval; },
+       .min = 10},
+
+      {.name = "webhooks.secret",
+       .help = "Webhook signing key \"whsec_<base64>\" shared with receivers; empty = webhooks "
+               "refused",
+       .field = [](Config& c) -> Field { return &c.webhooks.secret; },
+       .secret = true,
+       .check = CheckWebhookSecret},
+      {.name = "webhooks.allow_private",
+       .help = "Allow webhook deliveries to private (RFC 1918, CGNAT, ULA) addresses",
+       .field = [](Config& c) -> Field { return &c.webhooks.allow_private; }},
+      {.name = "webhooks.allowed_cidrs",
+       .help = "Destinations always allowed for webhooks, e.g. \"127.0.0.1/32\"",
+       .field = [](Config& c) -> Field { return &c.webhooks.allowed_cidrs; }},
+      {.name = "webhooks.timeout",
+       .help = "Time one webhook delivery attempt may take, connect included",
+       .field = [](Config& c) -> Field { return &c.webhooks.timeout; },
+       .min = 1},
+      {.name = "webhooks.retry_schedule",
+       .help = "Waits before each retry of a failed delivery (+-20% jitter); then it is dropped",
+       .field = [](Config& c) -> Field { return &c.webhooks.retry_schedule; },
+       .check = CheckRetrySchedule},
+      {.name = "webhooks.concurrency",
+       .help = "Webhook deliveries in flight at once",
+       .field = [](Config& c) -> Field { return &c.webhooks.concurrency; },
+       .min = 1,
+       .max = 1024},
   };
   return keys;
 }

@@ -83,6 +83,34 @@ struct StoreConfig {
   bool operator==(const StoreConfig&) const = default;
 };
 
+struct JobsConfig {
+  std::string queue = "default";  // queue the in-process workers of serve claim from
+  int concurrency = 4;            // jobs serve runs at once (0 = no in-process workers)
+  // Per-type caps on top of concurrency, "TYPE=N" each (e.g. "sleep=2").
+  std::vector<std::string> type_concurrency;
+  Duration lease{30'000};           // how long a claim holds a job without a heartbeat
+  Duration heartbeat{1'000};        // lease renewal (and cancel check) interval per running job
+  Duration poll_interval{1'000};    // idle claim poll; wake-ups come sooner (LISTEN/NOTIFY)
+  Duration rescue_interval{5'000};  // how often expired leases are looked for
+
+  bool operator==(const JobsConfig&) const = default;
+};
+
+struct WebhooksConfig {
+  // Signing key shared with the receivers, "whsec_<base64>" (secret). Empty = jobs with a
+  // webhook are refused.
+  std::string secret;
+  bool allow_private = false;              // allow RFC 1918 / ULA destinations
+  std::vector<std::string> allowed_cidrs;  // always-allowed destinations, e.g. "127.0.0.1/32"
+  Duration timeout{10'000};                // one delivery attempt, connect included
+  // Waits before the 2nd, 3rd, ... attempt; each gets +-20% jitter. After the last, the
+  // delivery fails for good.
+  std::vector<std::string> retry_schedule = {"5s", "5m", "30m", "2h", "5h", "10h", "24h"};
+  int concurrency = 8;  // deliveries in flight at once
+
+  bool operator==(const WebhooksConfig&) const = default;
+};
+
 struct Config {
   std::string data_dir = "./data";  // jobs database, artifacts, models
   ServerConfig server;
@@ -90,6 +118,8 @@ struct Config {
   LogConfig log;
   MetricsConfig metrics;
   StoreConfig store;
+  JobsConfig jobs;
+  WebhooksConfig webhooks;
 
   bool operator==(const Config&) const = default;
 };

@@ -5,9 +5,12 @@
 #include <openssl/evp.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
+#include <set>
+#include <thread>
 #include <tuple>
 
 #include "core/ids.h"
@@ -26,29 +29,34 @@ using store::Rows;
 using store::Session;
 using store::Value;
 
-// Every column of `jobs`, in Job order, then whether a cancel was requested.
-#define MEGASERVE_JOB_ROW_COLUMNS                                                             \
-  "id, type, queue, status, priority, input, output, error, attempts, max_attempts, "         \
-  "run_after, lease_owner, lease_expires_at, fencing_token, idempotency_key, input_hash, "    \
-  "progress_value, progress_max, progress_message, webhook_url, webhook_events, created_at, " \
-  "started_at, completed_at, updated_at, "
-constexpr std::string_view kJobColumns = MEGASERVE_JOB_ROW_COLUMNS
-    "CASE WHEN EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = jobs.id AND "
-    "e.kind = 'cancel_requested') THEN 1 ELSE 0 END";
-// The same columns for RETURNING right after a claim, when no cancel can have been requested
-// yet (a queued job is canceled outright), so the row comes back without a second query.
-constexpr std::string_view kClaimedColumns = MEGASERVE_JOB_ROW_COLUMNS "0";
-#undef MEGASERVE_JOB_ROW_COLUMNS
+// Every column of `jobs`, in Job order; the last one tells whether a cancel was requested.
+constexpr std::string_view kJobColumns =
+    "id, type, queue, status, priority, input, output, error, attempts, max_attempts, "
+    "run_after, lease_owner, lease_expires_at, fencing_token, idempotency_key, input_hash, "
+    "progress_value, progress_max, progress_message, webhook_url, webhook_events, created_at, "
+    "started_at, completed_at, updated_at, cancel_requested_at";
+
+// What a state change returns to append its event and webhook delivery.
+constexpr std::string_view kTransitionReturning =
+    " RETURNING id, event_seq, webhook_url, webhook_events";
 
 // The guard of every write made under a lease: $1 is the id, $2 the fencing token.
 constexpr std::string_view kFenced = "id = $1 AND status = 'running' AND fencing_token = $2";
 
-// The events table's next seq for the job is computed in the INSERT itself. Casts keep
-// PostgreSQL from typing the untyped text parameters of the SELECT list as text.
-constexpr std::string_view kAppendEvent =
-    "INSERT INTO job_events (job_id, seq, kind, data, created_at) "
-    "SELECT CAST($1 AS TEXT), COALESCE(MAX(seq), 0) + 1, CAST($2 AS TEXT), CAST($3 AS TEXT), "
-    "CAST($4 AS BIGINT) FROM job_events WHERE job_id = $1";
+// The event's seq comes from jobs.event_seq, which the same transaction's UPDATE of the job
+// incremented (see migration 2): the job's row lock orders concurrent writers.
+constexpr std::string_view kInsertEvent =
+    "INSERT INTO job_events (job_id, seq, kind, data, created_at) VALUES ($1, $2, $3, $4, $5)";
+
+constexpr std::string_view kInsertDelivery =
+    "INSERT INTO webhook_deliveries (job_id, event, url, payload, next_attempt_at, created_at) "
+    "VALUES ($1, $2, $3, $4, $5, $5)";
+
+// PostgreSQL error codes a single statement may simply be rerun after.
+bool Retryable(const Status& status) {
+  const std::string state = store::SqlState(status);
+  return state == "40001" || state == "40P01";
+}
 
 Status FailedPrecondition(std::string message) {
   return Status(StatusCode::kFailedPrecondition, std::move(message));
@@ -92,7 +100,7 @@ Job JobFromRow(const Rows& rows, size_t r) {
   job.started_at_us = rows.GetInt(r, c++);
   job.completed_at_us = rows.GetInt(r, c++);
   job.updated_at_us = rows.GetInt(r, c++);
-  job.cancel_requested = rows.GetInt(r, c++) != 0 && job.status == JobStatus::kRunning;
+  job.cancel_requested = !rows.IsNull(r, c++) && job.status == JobStatus::kRunning;
   return job;
 }
 
@@ -103,9 +111,94 @@ Result<Job> LoadJob(Session& s, const std::string& id) {
   return JobFromRow(*rows, 0);
 }
 
-Status AppendEventIn(Session& s, const std::string& job_id, std::string_view kind,
-                     const std::string& data_json, int64_t now) {
-  return s.Execute(kAppendEvent, {job_id, std::string(kind), TextOrNull(data_json), now}).status();
+// True when the comma-joined `filter` names `event`.
+bool FilterHas(std::string_view filter, std::string_view event) {
+  while (!filter.empty()) {
+    const size_t comma = filter.find(',');
+    if (filter.substr(0, comma) == event) return true;
+    if (comma == std::string_view::npos) break;
+    filter.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+// The job's state as a transition's RETURNING clause (kTransitionReturning) gave it.
+struct Transitioned {
+  std::string id;
+  int64_t seq = 0;
+  std::string webhook_url;
+  std::string webhook_events;
+};
+
+Transitioned TransitionedFromRow(const Rows& rows, size_t r) {
+  return {rows.GetText(r, 0), rows.GetInt(r, 1), rows.GetText(r, 2), rows.GetText(r, 3)};
+}
+
+// Appends the event of a transition and, when the job's webhook filter asks for `hook_event`
+// ("" = none), its webhook delivery (the outbox the dispatcher sends from).
+Status RecordTransition(Session& s, const Transitioned& t, std::string_view kind,
+                        const std::string& data_json, std::string_view hook_event, int64_t now) {
+  auto event =
+      s.Execute(kInsertEvent, {t.id, t.seq, std::string(kind), TextOrNull(data_json), now});
+  if (!event.ok()) return event.status();
+  if (hook_event.empty() || t.webhook_url.empty() || !FilterHas(t.webhook_events, hook_event)) {
+    return Status::Ok();
+  }
+  return s
+      .Execute(kInsertDelivery, {t.id, std::string(hook_event), t.webhook_url,
+                                 data_json.empty() ? std::string("{}") : data_json, now})
+      .status();
+}
+
+// The same for PostgreSQL as one statement around `update` (an UPDATE of one or more jobs whose
+// last parameter is $n): appends `RETURNING`, the event insert and the delivery insert as
+// data-modifying CTEs, and selects the ids of the jobs changed. Parameters n+1.. are kind, data,
+// now and, with a hook event, the event name; PostgreSQLTransitionParams appends them.
+std::string PostgresTransition(std::string_view update, size_t n, std::string_view hook_event) {
+  std::string sql = fmt::format(
+      "WITH u AS ({}{}), e AS (INSERT INTO job_events (job_id, seq, kind, data, created_at) "
+      "SELECT id, event_seq, CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT) FROM u)",
+      update, kTransitionReturning, n + 1, n + 2, n + 3);
+  if (!hook_event.empty()) {
+    sql += fmt::format(
+        ", w AS (INSERT INTO webhook_deliveries (job_id, event, url, payload, next_attempt_at, "
+        "created_at) SELECT id, CAST(${0} AS TEXT), webhook_url, COALESCE(CAST(${1} AS TEXT), "
+        "'{{}}'), CAST(${2} AS BIGINT), CAST(${2} AS BIGINT) FROM u WHERE webhook_url IS NOT NULL "
+        "AND strpos(',' || webhook_events || ',', ',' || CAST(${0} AS TEXT) || ',') > 0)",
+        n + 4, n + 2, n + 3);
+  }
+  return sql + " SELECT id FROM u";
+}
+
+void PostgresTransitionParams(Params& params, std::string_view kind, const std::string& data_json,
+                              int64_t now, std::string_view hook_event) {
+  params.push_back(std::string(kind));
+  params.push_back(TextOrNull(data_json));
+  params.push_back(now);
+  if (!hook_event.empty()) params.push_back(std::string(hook_event));
+}
+
+// A JSON string literal for `text` (quotes included).
+std::string JsonString(const std::string& text) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
+  return buf.GetString();
+}
+
+// A PostgreSQL array literal of text elements: {"a","b"} with quotes and backslashes escaped.
+std::string PgTextArray(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char ch : items[i]) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    out += '"';
+  }
+  return out + "}";
 }
 
 // A small JSON object writer for event payloads.
@@ -218,65 +311,85 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
   const int64_t now = Now();
   const std::string id = core::NewUuidV7();
   const bool keyed = !spec.idempotency_key.empty();
+  const bool postgres = db_.engine() == Engine::kPostgres;
   const std::string hash = keyed ? Sha256Hex(spec.input_json) : "";
-  std::string sql =
+  const int64_t run_after = spec.run_after_us > 0 ? spec.run_after_us : now;
+  constexpr std::string_view kInsert =
       "INSERT INTO jobs (id, type, queue, status, priority, input, max_attempts, run_after, "
-      "idempotency_key, input_hash, webhook_url, webhook_events, created_at, updated_at) "
-      "VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
-  // A concurrent insert of the same key waits for the other and then does nothing, so the
-  // existing row is read below instead of the transaction aborting on a unique violation.
-  if (keyed) sql += " ON CONFLICT (type, idempotency_key) DO NOTHING";
+      "idempotency_key, input_hash, webhook_url, webhook_events, created_at, updated_at, "
+      "event_seq) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 1)";
   Params params = {id,
                    spec.type,
                    spec.queue,
                    int64_t{spec.priority},
                    spec.input_json,
                    int64_t{spec.max_attempts},
-                   spec.run_after_us > 0 ? spec.run_after_us : now,
+                   run_after,
                    TextOrNull(spec.idempotency_key),
                    TextOrNull(hash),
                    TextOrNull(spec.webhook_url),
                    TextOrNull(spec.webhook_events),
                    now};
+  // Every column of a new row is known here; reading it back would cost a round trip.
   Job out;
-  Status status = db_.Transact([&](Session& s) -> Status {
-    auto inserted = s.Execute(sql, params);
-    if (!inserted.ok()) return inserted.status();
-    if (inserted->affected_rows() == 0) {
-      auto rows = s.Execute(
-          fmt::format("SELECT {} FROM jobs WHERE type = $1 AND idempotency_key = $2", kJobColumns),
-          {spec.type, spec.idempotency_key});
-      if (!rows.ok()) return rows.status();
-      if (rows->empty()) return core::Internal("idempotent insert found no existing job");
-      out = JobFromRow(*rows, 0);
-      if (out.input_hash != hash) {
-        return Status(
-            StatusCode::kAlreadyExists,
-            fmt::format("idempotency key reused with a different input (job {})", out.id));
+  out.id = id;
+  out.type = spec.type;
+  out.queue = spec.queue;
+  out.status = JobStatus::kQueued;
+  out.priority = spec.priority;
+  out.input_json = spec.input_json;
+  out.max_attempts = spec.max_attempts;
+  out.run_after_us = run_after;
+  out.idempotency_key = spec.idempotency_key;
+  out.input_hash = hash;
+  out.webhook_url = spec.webhook_url;
+  out.webhook_events = spec.webhook_events;
+  out.created_at_us = now;
+  out.updated_at_us = now;
+  bool inserted_new = true;
+  Status status;
+  if (postgres && !keyed) {
+    // One statement, so one round trip and one commit: the job and its first event.
+    status = ExecuteRetrying(fmt::format("WITH j AS ({} RETURNING id), e AS (INSERT INTO "
+                                         "job_events (job_id, seq, kind, data, created_at) "
+                                         "SELECT id, 1, 'queued', NULL, CAST($12 AS BIGINT) FROM "
+                                         "j) SELECT id FROM j",
+                                         kInsert),
+                             params)
+                 .status();
+  } else {
+    std::string sql(kInsert);
+    // A concurrent insert of the same key waits for the other and then does nothing, so the
+    // existing row is read below instead of the transaction aborting on a unique violation.
+    if (keyed) sql += " ON CONFLICT (type, idempotency_key) DO NOTHING";
+    status = db_.Transact([&](Session& s) -> Status {
+      inserted_new = true;
+      auto inserted = s.Execute(sql, params);
+      if (!inserted.ok()) return inserted.status();
+      if (inserted->affected_rows() == 0) {
+        inserted_new = false;
+        auto rows =
+            s.Execute(fmt::format("SELECT {} FROM jobs WHERE type = $1 AND idempotency_key = $2",
+                                  kJobColumns),
+                      {spec.type, spec.idempotency_key});
+        if (!rows.ok()) return rows.status();
+        if (rows->empty()) return core::Internal("idempotent insert found no existing job");
+        out = JobFromRow(*rows, 0);
+        if (out.input_hash != hash) {
+          return Status(
+              StatusCode::kAlreadyExists,
+              fmt::format("idempotency key reused with a different input (job {})", out.id));
+        }
+        return Status::Ok();
       }
-      return Status::Ok();
-    }
-    Status appended = AppendEventIn(s, id, "queued", "", now);
-    if (!appended.ok()) return appended;
-    // Every column of the new row is known here; reading it back would cost a round trip.
-    out = Job{};
-    out.id = id;
-    out.type = spec.type;
-    out.queue = spec.queue;
-    out.status = JobStatus::kQueued;
-    out.priority = spec.priority;
-    out.input_json = spec.input_json;
-    out.max_attempts = spec.max_attempts;
-    out.run_after_us = spec.run_after_us > 0 ? spec.run_after_us : now;
-    out.idempotency_key = spec.idempotency_key;
-    out.input_hash = hash;
-    out.webhook_url = spec.webhook_url;
-    out.webhook_events = spec.webhook_events;
-    out.created_at_us = now;
-    out.updated_at_us = now;
-    return Status::Ok();
-  });
+      return s
+          .Execute(kInsertEvent,
+                   {id, int64_t{1}, std::string("queued"), Value{std::monostate{}}, now})
+          .status();
+    });
+  }
   if (!status.ok()) return status;
+  if (inserted_new) Announce(spec.queue);
   return out;
 }
 
@@ -286,36 +399,79 @@ Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
   const int64_t now = Now();
   const int64_t expires =
       now + std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count();
-  Params params = {worker_id_, expires, now, queue, int64_t{max}};
-  std::string type_filter;
-  for (size_t i = 0; i < types.size(); ++i) {
-    type_filter += fmt::format("{}${}", i == 0 ? " AND type IN (" : ", ", params.size() + 1);
-    params.push_back(types[i]);
-  }
-  if (!types.empty()) type_filter += ")";
   const bool postgres = db_.engine() == Engine::kPostgres;
-  const std::string sql = fmt::format(
+  // " AND type IN ($first, ...)" for `types`, or "" for any type.
+  auto type_filter = [&](size_t first) {
+    std::string sql;
+    for (size_t i = 0; i < types.size(); ++i) {
+      sql += fmt::format("{}${}", i == 0 ? " AND type IN (" : ", ", first + i);
+    }
+    return types.empty() ? sql : sql + ")";
+  };
+  Params params = {worker_id_, expires, now, queue, int64_t{max}};
+  for (const std::string& type : types) params.push_back(type);
+  const std::string update = fmt::format(
       "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, "
-      "lease_expires_at = $2, fencing_token = fencing_token + 1, started_at = $3, "
-      "updated_at = $3 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND queue = $4 "
-      "AND run_after <= $3{} ORDER BY priority, run_after, id LIMIT $5{}) RETURNING {}",
-      type_filter, postgres ? " FOR UPDATE SKIP LOCKED" : "", kClaimedColumns);
+      "lease_expires_at = $2, fencing_token = fencing_token + 1, event_seq = event_seq + 1, "
+      "started_at = $3, updated_at = $3 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' "
+      "AND queue = $4 AND run_after <= $3{} ORDER BY priority, run_after, id LIMIT $5{}) "
+      "RETURNING {}, event_seq",
+      type_filter(6), postgres ? " FOR UPDATE SKIP LOCKED" : "", kJobColumns);
   std::vector<Claimed> out;
-  Status status = db_.Transact([&](Session& s) -> Status {
+  auto take = [&](const Rows& rows) {
     out.clear();
-    auto rows = s.Execute(sql, params);
-    if (!rows.ok()) return rows.status();
-    for (size_t r = 0; r < rows->size(); ++r) {
-      Job job = JobFromRow(*rows, r);
-      Status appended = AppendEventIn(
-          s, job.id, "started",
-          JsonObject().Int("attempt", job.attempts).Str("worker", worker_id_).Done(), now);
-      if (!appended.ok()) return appended;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Job job = JobFromRow(rows, r);
       int64_t token = job.fencing_token;
       out.push_back({std::move(job), token});
     }
-    return Status::Ok();
-  });
+  };
+  Status status;
+  if (postgres) {
+    // One statement: claim, started events and start webhooks commit together. The last
+    // parameter is this worker's id as a JSON string, for the events.
+    params.push_back(JsonString(worker_id_));
+    const size_t worker = params.size();
+    const std::string sql = fmt::format(
+        "WITH c AS ({0}), e AS (INSERT INTO job_events (job_id, seq, kind, data, created_at) "
+        "SELECT id, event_seq, 'started', '{{\"attempt\":' || attempts || ',\"worker\":' || "
+        "CAST(${1} AS TEXT) || '}}', CAST($3 AS BIGINT) FROM c), w AS (INSERT INTO "
+        "webhook_deliveries (job_id, event, url, payload, next_attempt_at, created_at) SELECT id, "
+        "'start', webhook_url, '{{}}', CAST($3 AS BIGINT), CAST($3 AS BIGINT) FROM c WHERE "
+        "webhook_url IS NOT NULL AND strpos(',' || webhook_events || ',', ',start,') > 0) "
+        "SELECT * FROM c",
+        update, worker);
+    auto rows = ExecuteRetrying(sql, params);
+    if (rows.ok()) take(*rows);
+    status = rows.status();
+  } else {
+    // An empty queue is the common case when idle: look from a reader first, so polling does
+    // not take the single writer lock.
+    Params probe = {queue, now};
+    for (const std::string& type : types) probe.push_back(type);
+    auto due = db_.Execute(fmt::format("SELECT 1 FROM jobs WHERE status = 'queued' AND queue = "
+                                       "$1 AND run_after <= $2{} LIMIT 1",
+                                       type_filter(3)),
+                           probe);
+    if (!due.ok()) return due.status();
+    if (due->empty()) return out;
+    status = db_.Transact([&](Session& s) -> Status {
+      auto rows = s.Execute(update, params);
+      if (!rows.ok()) return rows.status();
+      take(*rows);
+      for (size_t r = 0; r < rows->size(); ++r) {
+        const Job& job = out[r].job;
+        Transitioned t{job.id, rows->GetInt(r, rows->columns().size() - 1), job.webhook_url,
+                       job.webhook_events};
+        Status recorded = RecordTransition(
+            s, t, "started",
+            JsonObject().Int("attempt", job.attempts).Str("worker", worker_id_).Done(), "start",
+            now);
+        if (!recorded.ok()) return recorded;
+      }
+      return Status::Ok();
+    });
+  }
   if (!status.ok()) return status;
   std::sort(out.begin(), out.end(), [](const Claimed& a, const Claimed& b) {
     return std::tie(a.job.priority, a.job.run_after_us, a.job.id) <
@@ -328,94 +484,161 @@ Status JobQueue::Heartbeat(const std::string& id, int64_t token) {
   const int64_t now = Now();
   const int64_t expires =
       now + std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count();
-  bool cancel_requested = false;
-  Status status = db_.Transact([&](Session& s) -> Status {
-    auto updated = s.Execute(
-        fmt::format("UPDATE jobs SET lease_expires_at = $3, updated_at = $4 WHERE {}", kFenced),
-        {id, token, expires, now});
-    if (!updated.ok()) return updated.status();
-    if (updated->affected_rows() == 0) return NotLeased(id, token);
-    auto job = LoadJob(s, id);
-    if (!job.ok()) return job.status();
-    cancel_requested = job->cancel_requested;
-    return Status::Ok();
-  });
-  if (!status.ok()) return status;
-  if (cancel_requested) return core::Canceled(fmt::format("job {}: cancel requested", id));
+  auto rows =
+      ExecuteRetrying(fmt::format("UPDATE jobs SET lease_expires_at = $3, updated_at = $4 WHERE {} "
+                                  "RETURNING cancel_requested_at",
+                                  kFenced),
+                      {id, token, expires, now});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return NotLeased(id, token);
+  if (!rows->IsNull(0, 0)) return core::Canceled(fmt::format("job {}: cancel requested", id));
   return Status::Ok();
+}
+
+Status JobQueue::Transition(const std::string& id, int64_t token, std::string update, Params params,
+                            std::string_view kind, const std::string& data_json,
+                            std::string_view hook_event, int64_t now,
+                            const std::function<Status(Session&)>& in_transaction) {
+  if (db_.engine() == Engine::kPostgres && !in_transaction) {
+    const size_t n = params.size();
+    PostgresTransitionParams(params, kind, data_json, now, hook_event);
+    auto rows = ExecuteRetrying(PostgresTransition(update, n, hook_event), params);
+    if (!rows.ok()) return rows.status();
+    if (rows->empty()) return NotLeased(id, token);
+    return Status::Ok();
+  }
+  update += kTransitionReturning;
+  return db_.Transact([&](Session& s) -> Status {
+    auto rows = s.Execute(update, params);
+    if (!rows.ok()) return rows.status();
+    if (rows->empty()) return NotLeased(id, token);
+    Status recorded =
+        RecordTransition(s, TransitionedFromRow(*rows, 0), kind, data_json, hook_event, now);
+    if (!recorded.ok() || !in_transaction) return recorded;
+    return in_transaction(s);
+  });
 }
 
 Status JobQueue::Progress(const std::string& id, int64_t token, double value, double max,
                           const std::string& message) {
   const int64_t now = Now();
-  return db_.Transact([&](Session& s) -> Status {
-    auto updated = s.Execute(fmt::format("UPDATE jobs SET progress_value = $3, progress_max = $4, "
-                                         "progress_message = $5, updated_at = $6 WHERE {}",
-                                         kFenced),
-                             {id, token, value, max, message, now});
-    if (!updated.ok()) return updated.status();
-    if (updated->affected_rows() == 0) return NotLeased(id, token);
-    return AppendEventIn(
-        s, id, "progress",
-        JsonObject().Num("value", value).Num("max", max).Str("message", message).Done(), now);
-  });
+  return Transition(
+      id, token,
+      fmt::format("UPDATE jobs SET progress_value = $3, progress_max = $4, progress_message = $5, "
+                  "updated_at = $6, event_seq = event_seq + 1 WHERE {}",
+                  kFenced),
+      {id, token, value, max, message, now}, "progress",
+      JsonObject().Num("value", value).Num("max", max).Str("message", message).Done(), "progress",
+      now, {});
 }
 
-Status JobQueue::Complete(const std::string& id, int64_t token, const std::string& output_json) {
+Status JobQueue::Complete(const std::string& id, int64_t token, const std::string& output_json,
+                          const std::function<Status(Session&)>& in_transaction) {
   const int64_t now = Now();
-  return db_.Transact([&](Session& s) -> Status {
-    auto updated = s.Execute(
-        fmt::format("UPDATE jobs SET status = 'succeeded', output = $3, lease_owner = NULL, "
-                    "lease_expires_at = NULL, completed_at = $4, updated_at = $4 WHERE {}",
-                    kFenced),
-        {id, token, output_json, now});
-    if (!updated.ok()) return updated.status();
-    if (updated->affected_rows() == 0) return NotLeased(id, token);
-    return AppendEventIn(s, id, "succeeded", "", now);
+  return Transition(id, token,
+                    fmt::format("UPDATE jobs SET status = 'succeeded', output = $3, lease_owner = "
+                                "NULL, lease_expires_at = NULL, completed_at = $4, updated_at = "
+                                "$4, event_seq = event_seq + 1 WHERE {}",
+                                kFenced),
+                    {id, token, output_json, now}, "succeeded", "", "completed", now,
+                    in_transaction);
+}
+
+Result<std::vector<Status>> JobQueue::CompleteMany(const std::vector<Ack>& acks) {
+  std::vector<Status> out(acks.size());
+  if (acks.empty()) return out;
+  const int64_t now = Now();
+  if (db_.engine() == Engine::kPostgres) {
+    // One statement for the whole batch: the acks travel as three parallel arrays.
+    std::vector<std::string> ids, tokens, outputs;
+    for (const Ack& a : acks) {
+      ids.push_back(a.id);
+      tokens.push_back(std::to_string(a.token));
+      outputs.push_back(a.output_json.empty() ? "{}" : a.output_json);
+    }
+    const std::string update =
+        "UPDATE jobs SET status = 'succeeded', output = v.output, lease_owner = NULL, "
+        "lease_expires_at = NULL, completed_at = $4, updated_at = $4, event_seq = "
+        "jobs.event_seq + 1 FROM (SELECT * FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS "
+        "BIGINT[]), CAST($3 AS TEXT[])) AS a(id, token, output)) v WHERE jobs.id = v.id AND "
+        "jobs.status = 'running' AND jobs.fencing_token = v.token";
+    Params params = {PgTextArray(ids), PgTextArray(tokens), PgTextArray(outputs), now};
+    PostgresTransitionParams(params, "succeeded", "", now, "completed");
+    // RETURNING names jobs' columns explicitly: v has an id too.
+    std::string sql = PostgresTransition(update, 4, "completed");
+    const std::string returning(kTransitionReturning);
+    sql.replace(sql.find(returning), returning.size(),
+                " RETURNING jobs.id, jobs.event_seq, jobs.webhook_url, jobs.webhook_events");
+    auto rows = ExecuteRetrying(sql, params);
+    if (!rows.ok()) return rows.status();
+    std::vector<std::string> done;
+    for (size_t r = 0; r < rows->size(); ++r) done.push_back(rows->GetText(r, 0));
+    std::sort(done.begin(), done.end());
+    for (size_t i = 0; i < acks.size(); ++i) {
+      if (!std::binary_search(done.begin(), done.end(), acks[i].id)) {
+        out[i] = NotLeased(acks[i].id, acks[i].token);
+      }
+    }
+    return out;
+  }
+  Status status = db_.Transact([&](Session& s) -> Status {
+    for (size_t i = 0; i < acks.size(); ++i) {
+      const Ack& a = acks[i];
+      auto rows = s.Execute(
+          fmt::format("UPDATE jobs SET status = 'succeeded', output = $3, lease_owner = NULL, "
+                      "lease_expires_at = NULL, completed_at = $4, updated_at = $4, event_seq = "
+                      "event_seq + 1 WHERE {}{}",
+                      kFenced, kTransitionReturning),
+          {a.id, a.token, a.output_json.empty() ? std::string("{}") : a.output_json, now});
+      if (!rows.ok()) return rows.status();
+      if (rows->empty()) {
+        out[i] = NotLeased(a.id, a.token);
+        continue;
+      }
+      out[i] = Status::Ok();
+      Status recorded =
+          RecordTransition(s, TransitionedFromRow(*rows, 0), "succeeded", "", "completed", now);
+      if (!recorded.ok()) return recorded;
+    }
+    return Status::Ok();
   });
+  if (!status.ok()) return status;
+  return out;
 }
 
 Status JobQueue::Fail(const std::string& id, int64_t token, const std::string& error) {
   const int64_t now = Now();
   return db_.Transact([&](Session& s) -> Status {
     // The fenced write comes first: it checks the token and locks the row for what follows.
-    auto updated =
-        s.Execute(fmt::format("UPDATE jobs SET error = $3, updated_at = $4 WHERE {}", kFenced),
+    auto rows =
+        s.Execute(fmt::format("UPDATE jobs SET error = $3, updated_at = $4 WHERE {} RETURNING {}",
+                              kFenced, kJobColumns),
                   {id, token, error, now});
-    if (!updated.ok()) return updated.status();
-    if (updated->affected_rows() == 0) return NotLeased(id, token);
-    auto job = LoadJob(s, id);
-    if (!job.ok()) return job.status();
-    const std::string data = JsonObject().Int("attempt", job->attempts).Str("error", error).Done();
-    if (job->cancel_requested) {
-      auto done = s.Execute(
-          "UPDATE jobs SET status = 'canceled', lease_owner = NULL, lease_expires_at = NULL, "
-          "completed_at = $2, updated_at = $2 WHERE id = $1",
-          {id, now});
-      if (!done.ok()) return done.status();
-      return AppendEventIn(s, id, "canceled", data, now);
+    if (!rows.ok()) return rows.status();
+    if (rows->empty()) return NotLeased(id, token);
+    const Job job = JobFromRow(*rows, 0);
+    const std::string data = JsonObject().Int("attempt", job.attempts).Str("error", error).Done();
+    const bool retry = !job.cancel_requested && job.attempts < job.max_attempts;
+    const std::string_view next = job.cancel_requested ? "canceled" : retry ? "queued" : "failed";
+    const int64_t run_after = retry ? now + RetryDelayUs(job.attempts) : job.run_after_us;
+    auto changed = s.Execute(
+        fmt::format("UPDATE jobs SET status = $2, run_after = $3, lease_owner = NULL, "
+                    "lease_expires_at = NULL, completed_at = $4, updated_at = $5, event_seq = "
+                    "event_seq + 1 WHERE id = $1{}",
+                    kTransitionReturning),
+        {id, std::string(next), run_after, retry ? Value{std::monostate{}} : Value{now}, now});
+    if (!changed.ok()) return changed.status();
+    if (changed->empty()) return core::Internal("failed job vanished");
+    if (retry) {
+      return RecordTransition(s, TransitionedFromRow(*changed, 0), "retry",
+                              JsonObject()
+                                  .Int("attempt", job.attempts)
+                                  .Str("error", error)
+                                  .Int("run_after", run_after)
+                                  .Done(),
+                              "", now);
     }
-    if (job->attempts < job->max_attempts) {
-      const int64_t run_after = now + RetryDelayUs(job->attempts);
-      auto requeued = s.Execute(
-          "UPDATE jobs SET status = 'queued', run_after = $2, lease_owner = NULL, "
-          "lease_expires_at = NULL, updated_at = $3 WHERE id = $1",
-          {id, run_after, now});
-      if (!requeued.ok()) return requeued.status();
-      return AppendEventIn(s, id, "retry",
-                           JsonObject()
-                               .Int("attempt", job->attempts)
-                               .Str("error", error)
-                               .Int("run_after", run_after)
-                               .Done(),
-                           now);
-    }
-    auto failed = s.Execute(
-        "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, "
-        "completed_at = $2, updated_at = $2 WHERE id = $1",
-        {id, now});
-    if (!failed.ok()) return failed.status();
-    return AppendEventIn(s, id, "failed", data, now);
+    return RecordTransition(s, TransitionedFromRow(*changed, 0), next, data, "completed", now);
   });
 }
 
@@ -424,34 +647,37 @@ Result<Job> JobQueue::Cancel(const std::string& id) {
   Job out;
   Status status = db_.Transact([&](Session& s) -> Status {
     auto canceled = s.Execute(
-        "UPDATE jobs SET status = 'canceled', completed_at = $2, updated_at = $2 "
-        "WHERE id = $1 AND status = 'queued'",
+        fmt::format("UPDATE jobs SET status = 'canceled', completed_at = $2, updated_at = $2, "
+                    "event_seq = event_seq + 1 WHERE id = $1 AND status = 'queued'{}",
+                    kTransitionReturning),
         {id, now});
     if (!canceled.ok()) return canceled.status();
-    if (canceled->affected_rows() == 1) {
-      Status appended = AppendEventIn(s, id, "canceled", "", now);
-      if (!appended.ok()) return appended;
+    if (!canceled->empty()) {
+      Status recorded =
+          RecordTransition(s, TransitionedFromRow(*canceled, 0), "canceled", "", "completed", now);
+      if (!recorded.ok()) return recorded;
     } else {
-      // Touching the row locks it, so a concurrent Fail or rescue sees the request or precedes it.
-      auto running = s.Execute(
-          "UPDATE jobs SET updated_at = $2 WHERE id = $1 AND status = 'running'", {id, now});
-      if (!running.ok()) return running.status();
-      if (running->affected_rows() == 0) {
-        auto job = LoadJob(s, id);
-        if (!job.ok()) return job.status();
-        return FailedPrecondition(
-            fmt::format("job {} is already {}", id, JobStatusName(job->status)));
-      }
-      auto job = LoadJob(s, id);
-      if (!job.ok()) return job.status();
-      if (!job->cancel_requested) {
-        Status appended = AppendEventIn(s, id, "cancel_requested", "", now);
-        if (!appended.ok()) return appended;
+      // Only the first request of a running job changes it and gets an event. The row lock
+      // taken here orders this against a concurrent Fail or rescue.
+      auto requested = s.Execute(
+          fmt::format("UPDATE jobs SET cancel_requested_at = $2, updated_at = $2, event_seq = "
+                      "event_seq + 1 WHERE id = $1 AND status = 'running' AND "
+                      "cancel_requested_at IS NULL{}",
+                      kTransitionReturning),
+          {id, now});
+      if (!requested.ok()) return requested.status();
+      if (!requested->empty()) {
+        Status recorded = RecordTransition(s, TransitionedFromRow(*requested, 0),
+                                           "cancel_requested", "", "", now);
+        if (!recorded.ok()) return recorded;
       }
     }
     auto job = LoadJob(s, id);
     if (!job.ok()) return job.status();
     out = std::move(*job);
+    if (canceled->empty() && out.status != JobStatus::kRunning) {
+      return FailedPrecondition(fmt::format("job {} is already {}", id, JobStatusName(out.status)));
+    }
     return Status::Ok();
   });
   if (!status.ok()) return status;
@@ -462,8 +688,10 @@ Result<int> JobQueue::RescueExpired() {
   const int64_t now = Now();
   const bool postgres = db_.engine() == Engine::kPostgres;
   int rescued = 0;
+  std::vector<std::string> requeued_queues;
   Status status = db_.Transact([&](Session& s) -> Status {
     rescued = 0;
+    requeued_queues.clear();
     auto expired = s.Execute(
         fmt::format("SELECT {} FROM jobs WHERE status = 'running' AND lease_expires_at < $1 "
                     "ORDER BY lease_expires_at LIMIT 1000{}",
@@ -479,23 +707,97 @@ Result<int> JobQueue::RescueExpired() {
       auto updated = s.Execute(
           fmt::format("UPDATE jobs SET status = $3, fencing_token = fencing_token + 1, "
                       "lease_owner = NULL, lease_expires_at = NULL, error = 'lease expired', "
-                      "run_after = $4, completed_at = $5, updated_at = $4 WHERE {}",
-                      kFenced),
+                      "run_after = $4, completed_at = $5, updated_at = $4, event_seq = "
+                      "event_seq + 1 WHERE {}{}",
+                      kFenced, kTransitionReturning),
           {job.id, job.fencing_token, std::string(next), now,
            terminal ? Value{now} : Value{std::monostate{}}});
       if (!updated.ok()) return updated.status();
-      if (updated->affected_rows() == 0) continue;  // finished meanwhile
-      std::string_view kind = next == "queued" ? "retry" : next;
-      Status appended = AppendEventIn(
-          s, job.id, kind,
-          JsonObject().Int("attempt", job.attempts).Str("error", "lease expired").Done(), now);
-      if (!appended.ok()) return appended;
+      if (updated->empty()) continue;  // finished meanwhile
+      std::string_view kind = terminal ? next : "retry";
+      Status recorded = RecordTransition(
+          s, TransitionedFromRow(*updated, 0), kind,
+          JsonObject().Int("attempt", job.attempts).Str("error", "lease expired").Done(),
+          terminal ? "completed" : "", now);
+      if (!recorded.ok()) return recorded;
+      if (!terminal) requeued_queues.push_back(job.queue);
       ++rescued;
     }
     return Status::Ok();
   });
   if (!status.ok()) return status;
+  std::sort(requeued_queues.begin(), requeued_queues.end());
+  requeued_queues.erase(std::unique(requeued_queues.begin(), requeued_queues.end()),
+                        requeued_queues.end());
+  for (const std::string& q : requeued_queues) Announce(q);
   return rescued;
+}
+
+Result<Rows> JobQueue::ExecuteRetrying(const std::string& sql, const Params& params) {
+  for (int attempt = 1;; ++attempt) {
+    auto rows = db_.Execute(sql, params);
+    if (rows.ok() || attempt >= 3 || !Retryable(rows.status())) return rows;
+    std::this_thread::sleep_for(std::chrono::milliseconds(attempt));
+  }
+}
+
+void JobQueue::Announce(const std::string& queue) {
+  {
+    std::lock_guard lock(listeners_mu_);
+    for (const auto& [id, listener] : listeners_) listener(queue);
+  }
+  if (db_.engine() != Engine::kPostgres) return;
+  {
+    std::lock_guard lock(notify_mu_);
+    if (notify_exit_) return;
+    notify_pending_.insert(queue);
+    if (!notifier_.joinable()) notifier_ = std::thread([this] { NotifyLoop(); });
+  }
+  notify_cv_.notify_one();
+}
+
+void JobQueue::NotifyLoop() {
+  std::unique_lock lock(notify_mu_);
+  for (;;) {
+    notify_cv_.wait(lock, [this] { return notify_exit_ || !notify_pending_.empty(); });
+    if (notify_exit_) return;
+    std::set<std::string> queues;
+    queues.swap(notify_pending_);
+    lock.unlock();
+    for (const std::string& queue : queues) {
+      // Committed asynchronously (nothing durable rides on it), so the commit does not wait for
+      // a WAL flush while holding PostgreSQL's lock that serializes notifying commits.
+      auto sent = db_.Execute(fmt::format("SELECT set_config('synchronous_commit', 'off', true), "
+                                          "pg_notify('{}', $1)",
+                                          kJobsChannel),
+                              {queue});
+      if (!sent.ok()) {
+        spdlog::debug("jobs: NOTIFY {} failed: {}", kJobsChannel, sent.status().ToString());
+      }
+    }
+    lock.lock();
+  }
+}
+
+JobQueue::~JobQueue() {
+  {
+    std::lock_guard lock(notify_mu_);
+    notify_exit_ = true;
+  }
+  notify_cv_.notify_all();
+  if (notifier_.joinable()) notifier_.join();
+}
+
+int JobQueue::Subscribe(std::function<void(const std::string& queue)> listener) {
+  std::lock_guard lock(listeners_mu_);
+  const int id = ++last_listener_;
+  listeners_.emplace_back(id, std::move(listener));
+  return id;
+}
+
+void JobQueue::Unsubscribe(int id) {
+  std::lock_guard lock(listeners_mu_);
+  std::erase_if(listeners_, [id](const auto& entry) { return entry.first == id; });
 }
 
 Result<Job> JobQueue::Get(const std::string& id) {
@@ -542,13 +844,13 @@ Status JobQueue::AppendEvent(const std::string& job_id, const std::string& kind,
                              const std::string& data_json) {
   const int64_t now = Now();
   return db_.Transact([&](Session& s) -> Status {
-    // Locks the job row, which serializes seq assignment for this job.
-    auto touched = s.Execute("UPDATE jobs SET updated_at = $2 WHERE id = $1", {job_id, now});
+    auto touched = s.Execute(fmt::format("UPDATE jobs SET updated_at = $2, event_seq = event_seq "
+                                         "+ 1 WHERE id = $1{}",
+                                         kTransitionReturning),
+                             {job_id, now});
     if (!touched.ok()) return touched.status();
-    if (touched->affected_rows() == 0) {
-      return core::NotFound(fmt::format("job {} not found", job_id));
-    }
-    return AppendEventIn(s, job_id, kind, data_json, now);
+    if (touched->empty()) return core::NotFound(fmt::format("job {} not found", job_id));
+    return RecordTransition(s, TransitionedFromRow(*touched, 0), kind, data_json, "", now);
   });
 }
 

@@ -43,18 +43,27 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
 #include "store/database.h"
 
 namespace megaserve::jobs {
+
+// The PostgreSQL notification channel a job becoming due is announced on; the payload is the
+// job's queue. Workers LISTEN on it to claim at once instead of at their next poll.
+inline constexpr std::string_view kJobsChannel = "megaserve_jobs";
 
 enum class JobStatus { kQueued, kRunning, kSucceeded, kFailed, kCanceled };
 
@@ -143,6 +152,8 @@ class JobQueue {
   // recorded as lease_owner on claims.
   JobQueue(store::Database& db, std::string worker_id, Options options);
   JobQueue(store::Database& db, std::string worker_id) : JobQueue(db, std::move(worker_id), {}) {}
+  // Sends pending notifications' thread home; pending ones are dropped (workers also poll).
+  ~JobQueue();
   // No copying allowed.
   JobQueue(const JobQueue&) = delete;
   JobQueue& operator=(const JobQueue&) = delete;
@@ -170,8 +181,20 @@ class JobQueue {
                         const std::string& message);
 
   // Marks the job succeeded with `output_json`. kFailedPrecondition, writing nothing, unless
-  // running under `token`.
-  core::Status Complete(const std::string& id, int64_t token, const std::string& output_json);
+  // running under `token`. When `in_transaction` is set it runs inside the same transaction,
+  // after the fenced update succeeded; an error from it rolls everything back and is returned.
+  core::Status Complete(const std::string& id, int64_t token, const std::string& output_json,
+                        const std::function<core::Status(store::Session&)>& in_transaction = {});
+
+  // One job to acknowledge in CompleteMany.
+  struct Ack {
+    std::string id;
+    int64_t token = 0;
+    std::string output_json = "{}";
+  };
+  // Completes several jobs in one transaction (batched ack): the result has one status per ack,
+  // in order, each what Complete would have returned for it. A store failure fails them all.
+  core::Result<std::vector<core::Status>> CompleteMany(const std::vector<Ack>& acks);
 
   // Records a failed attempt with `error`: while attempts < max_attempts the job goes back to
   // queued, due after JobRetryDelay (a `retry` event); otherwise it ends failed keeping the
@@ -207,15 +230,48 @@ class JobQueue {
   // The job's events with seq > after_seq, in seq order.
   core::Result<std::vector<JobEvent>> Events(const std::string& job_id, int64_t after_seq = 0);
 
+  // Calls `listener` with the queue's name whenever this JobQueue makes a job due at once
+  // (enqueued, or requeued by a rescue), after the change committed; on the calling thread, so it
+  // must be quick (Workers::Wake). Other processes learn of it through kJobsChannel. Returns an
+  // id for Unsubscribe.
+  int Subscribe(std::function<void(const std::string& queue)> listener);
+  void Unsubscribe(int id);
+
+  // The store the queue lives in.
+  store::Database& database() { return db_; }
+
  private:
   int64_t Now() const;
   int64_t RetryDelayUs(int attempts);
+  // Database::Execute, rerun up to twice after a serialization failure or deadlock.
+  core::Result<store::Rows> ExecuteRetrying(const std::string& sql, const store::Params& params);
+  // A fenced state change of one job: `update` is an UPDATE ... WHERE <fenced> that increments
+  // event_seq; appends the event `kind` with `data_json` and, when the job's filter asks for
+  // `hook_event` ("" = none), a webhook delivery. kFailedPrecondition when no row matched. On
+  // PostgreSQL without `in_transaction` this is a single statement.
+  core::Status Transition(const std::string& id, int64_t token, std::string update,
+                          store::Params params, std::string_view kind, const std::string& data_json,
+                          std::string_view hook_event, int64_t now,
+                          const std::function<core::Status(store::Session&)>& in_transaction);
+  // After a commit that made jobs of `queue` due: tells this process's subscribers at once and,
+  // on PostgreSQL, has the notifier thread NOTIFY kJobsChannel. Notifications pending together
+  // are sent once per queue, so a burst of enqueues costs a few NOTIFYs, not one each.
+  void Announce(const std::string& queue);
+  void NotifyLoop();
 
   store::Database& db_;
   std::string worker_id_;
   Options options_;
   std::mutex rng_mu_;
   std::mt19937_64 rng_;  // guarded by rng_mu_
+  std::mutex listeners_mu_;
+  std::vector<std::pair<int, std::function<void(const std::string&)>>> listeners_;
+  int last_listener_ = 0;  // guarded by listeners_mu_
+  std::mutex notify_mu_;
+  std::condition_variable notify_cv_;
+  std::set<std::string> notify_pending_;  // guarded by notify_mu_
+  bool notify_exit_ = false;              // guarded by notify_mu_
+  std::thread notifier_;                  // started by the first Announce on PostgreSQL
 };
 
 }  // namespace megaserve::jobs

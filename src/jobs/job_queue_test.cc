@@ -431,6 +431,114 @@ TEST_P(JobQueueTest, ListPagesThroughEveryJobOnce) {
   EXPECT_EQ(queue_->List(std::nullopt, "", 0, "").status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_P(JobQueueTest, CompleteManyAcksABatchAndFencesStaleTokens) {
+  for (int i = 0; i < 3; ++i) MustEnqueue({.type = "noop"});
+  std::vector<Claimed> claimed = MustClaim(3);
+  ASSERT_EQ(claimed.size(), 3u);
+  std::vector<JobQueue::Ack> acks;
+  for (const Claimed& c : claimed) acks.push_back({c.job.id, c.fencing_token, R"({"n":1})"});
+  acks[1].token += 1;  // not the token the job is running under
+  acks[2].output_json = R"({"quote":"a \"b\" \\ c, {d}"})";
+  auto acked = queue_->CompleteMany(acks);
+  ASSERT_TRUE(acked.ok()) << acked.status().ToString();
+  ASSERT_EQ(acked->size(), 3u);
+  EXPECT_TRUE((*acked)[0].ok()) << (*acked)[0].ToString();
+  EXPECT_EQ((*acked)[1].code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE((*acked)[2].ok()) << (*acked)[2].ToString();
+  auto first = queue_->Get(claimed[0].job.id);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->status, JobStatus::kSucceeded);
+  EXPECT_EQ(first->output_json, R"({"n":1})");
+  EXPECT_THAT(EventKinds(first->id), ElementsAre("queued", "started", "succeeded"));
+  EXPECT_EQ(queue_->Get(claimed[1].job.id)->status, JobStatus::kRunning);
+  EXPECT_EQ(queue_->Get(claimed[2].job.id)->output_json, acks[2].output_json);
+  auto none = queue_->CompleteMany({});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+TEST_P(JobQueueTest, CompleteHookCommitsWithTheCompletionOnly) {
+  ASSERT_TRUE(db_->Execute("CREATE TABLE effects (job_id TEXT NOT NULL)").ok());
+  MustEnqueue({.type = "noop"});
+  MustEnqueue({.type = "noop"});
+  std::vector<Claimed> claimed = MustClaim(2);
+  ASSERT_EQ(claimed.size(), 2u);
+  auto record = [](const std::string& id) {
+    return [id](store::Session& s) {
+      return s.Execute("INSERT INTO effects (job_id) VALUES ($1)", {id}).status();
+    };
+  };
+  // A failing hook rolls the completion back; the job stays running under its token.
+  core::Status failed =
+      queue_->Complete(claimed[0].job.id, claimed[0].fencing_token, "{}", [&](store::Session& s) {
+        (void)record(claimed[0].job.id)(s);
+        return core::Internal("hook failed");
+      });
+  EXPECT_EQ(failed.code(), StatusCode::kInternal);
+  EXPECT_EQ(queue_->Get(claimed[0].job.id)->status, JobStatus::kRunning);
+  // A stale token runs no hook at all.
+  EXPECT_EQ(queue_
+                ->Complete(claimed[1].job.id, claimed[1].fencing_token + 1, "{}",
+                           record(claimed[1].job.id))
+                .code(),
+            StatusCode::kFailedPrecondition);
+  auto effects = db_->Execute("SELECT count(*) FROM effects");
+  ASSERT_TRUE(effects.ok());
+  EXPECT_EQ(effects->GetInt(0, 0), 0);
+  // The real thing: completion and effect together.
+  ASSERT_TRUE(
+      queue_->Complete(claimed[0].job.id, claimed[0].fencing_token, "{}", record(claimed[0].job.id))
+          .ok());
+  effects = db_->Execute("SELECT job_id FROM effects");
+  ASSERT_TRUE(effects.ok());
+  ASSERT_EQ(effects->size(), 1u);
+  EXPECT_EQ(effects->GetText(0, 0), claimed[0].job.id);
+  EXPECT_EQ(queue_->Get(claimed[0].job.id)->status, JobStatus::kSucceeded);
+}
+
+// Each state change the job's filter names leaves one pending delivery in the outbox, written
+// in the same transaction; jobs without a webhook leave none.
+TEST_P(JobQueueTest, StateChangesFillTheWebhookOutboxPerFilter) {
+  Job all = MustEnqueue({.type = "noop",
+                         .webhook_url = "https://example.com/all",
+                         .webhook_events = "start,progress,completed"});
+  Job done_only = MustEnqueue(
+      {.type = "noop", .webhook_url = "https://example.com/done", .webhook_events = "completed"});
+  Job plain = MustEnqueue({.type = "noop"});
+  Job canceled = MustEnqueue({.type = "noop",
+                              .webhook_url = "https://example.com/cancel",
+                              .webhook_events = "start,completed"});
+  ASSERT_TRUE(queue_->Cancel(canceled.id).ok());
+  std::vector<Claimed> claimed = MustClaim(3);
+  ASSERT_EQ(claimed.size(), 3u);
+  for (const Claimed& c : claimed) {
+    ASSERT_TRUE(queue_->Progress(c.job.id, c.fencing_token, 1, 2, "half").ok());
+  }
+  ASSERT_TRUE(queue_->Complete(claimed[0].job.id, claimed[0].fencing_token, "{}").ok());
+  auto rest = queue_->CompleteMany({{claimed[1].job.id, claimed[1].fencing_token, "{}"},
+                                    {claimed[2].job.id, claimed[2].fencing_token, "{}"}});
+  ASSERT_TRUE(rest.ok()) << rest.status().ToString();
+  auto rows = db_->Execute(
+      "SELECT url, event, status, attempts, next_attempt_at, payload FROM webhook_deliveries "
+      "ORDER BY id");
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  std::vector<std::string> got;
+  for (size_t r = 0; r < rows->size(); ++r) {
+    got.push_back(rows->GetText(r, 0) + " " + rows->GetText(r, 1));
+    EXPECT_EQ(rows->GetText(r, 2), "pending");
+    EXPECT_EQ(rows->GetInt(r, 3), 0);
+    EXPECT_EQ(rows->GetInt(r, 4), now_.load());
+    EXPECT_FALSE(rows->GetText(r, 5).empty());
+  }
+  EXPECT_THAT(got, ::testing::UnorderedElementsAre(
+                       "https://example.com/cancel completed", "https://example.com/all start",
+                       "https://example.com/all progress", "https://example.com/all completed",
+                       "https://example.com/done completed"));
+  (void)all;
+  (void)done_only;
+  (void)plain;
+}
+
 TEST_P(JobQueueTest, ProgressAndEventsHaveIncreasingSeq) {
   Job job = MustEnqueue({.type = "t"});
   auto claimed = MustClaim(1);

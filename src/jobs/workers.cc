@@ -96,6 +96,10 @@ void JobContext::FlushProgress() {
   }
 }
 
+void JobContext::OnComplete(std::function<Status(store::Session&)> hook) {
+  on_complete_ = std::move(hook);
+}
+
 bool JobContext::SleepFor(std::chrono::milliseconds d) {
   std::unique_lock<std::mutex> lock(running_->mu);
   return !running_->cv.wait_for(lock, d, [this] { return running_->canceled.load(); });
@@ -115,6 +119,12 @@ class Workers::Impl {
     int max_concurrency = 0;
   };
 
+  // The cap for `type`: type_limits first, else what Register() was given; 0 = none.
+  int Cap(const std::string& type, const Handler& handler) const {
+    auto it = options_.type_limits.find(type);
+    return it != options_.type_limits.end() ? it->second : handler.max_concurrency;
+  }
+
   void Start();
   void Stop(std::chrono::milliseconds drain);
   void Wake();
@@ -127,6 +137,7 @@ class Workers::Impl {
 
  private:
   void DispatchLoop();
+  void ListenLoop();
   void RunLoop();
   void HeartbeatLoop();
   // Runs one job's handler and writes its outcome.
@@ -156,6 +167,10 @@ class Workers::Impl {
   std::map<std::string, int, std::less<>> running_by_type_;     // counts of running_
   std::thread dispatcher_;
   std::thread heartbeater_;
+  int subscription_ = 0;                       // JobQueue::Subscribe id
+  std::unique_ptr<store::Listener> listener_;  // LISTEN connection, PostgreSQL only
+  std::atomic<bool> listen_exit_{false};
+  std::thread listen_thread_;
   std::vector<std::thread> runners_;
 };
 
@@ -163,6 +178,14 @@ void Workers::Impl::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return;
   started_ = true;
+  subscription_ = queue_.Subscribe([this](const std::string& queue) {
+    if (queue == options_.queue) Wake();
+  });
+  auto listener = queue_.database().Listen(std::string(kJobsChannel));
+  if (listener.ok()) {
+    listener_ = std::move(*listener);
+    listen_thread_ = std::thread([this] { ListenLoop(); });
+  }
   for (int i = 0; i < options_.concurrency; ++i) runners_.emplace_back([this] { RunLoop(); });
   heartbeater_ = std::thread([this] { HeartbeatLoop(); });
   dispatcher_ = std::thread([this] { DispatchLoop(); });
@@ -188,6 +211,12 @@ void Workers::Impl::Stop(std::chrono::milliseconds drain) {
   stop_claiming_ = true;
   dispatch_cv_.notify_all();
   lock.unlock();
+  queue_.Unsubscribe(subscription_);
+  if (listener_) {
+    listen_exit_ = true;
+    listener_->Interrupt();
+    listen_thread_.join();
+  }
   dispatcher_.join();  // after this no job is claimed any more
   lock.lock();
   idle_cv_.wait_for(lock, drain, [this] { return running_.empty(); });
@@ -212,11 +241,11 @@ int Workers::Impl::ClaimSize(std::vector<std::string>* types) {
   int n = options_.concurrency - static_cast<int>(running_.size());
   if (n <= 0) return 0;
   for (const auto& [type, handler] : handlers_) {
-    if (handler.max_concurrency > 0) {
+    if (const int cap = Cap(type, handler); cap > 0) {
       auto it = running_by_type_.find(type);
       const int busy = it == running_by_type_.end() ? 0 : it->second;
-      if (busy >= handler.max_concurrency) continue;
-      n = std::min(n, handler.max_concurrency - busy);
+      if (busy >= cap) continue;
+      n = std::min(n, cap - busy);
     }
     types->push_back(type);
   }
@@ -277,6 +306,27 @@ void Workers::Impl::DispatchLoop() {
     }
     const auto wake_at = std::min(Clock::now() + options_.poll_interval, next_rescue);
     dispatch_cv_.wait_until(lock, wake_at, [this] { return stop_claiming_ || woken_; });
+  }
+}
+
+void Workers::Impl::ListenLoop() {
+  bool reported = false;
+  while (!listen_exit_) {
+    auto notified = listener_->Wait(options_.poll_interval);
+    if (!notified.ok()) {
+      // Polling carries on meanwhile; the listener reconnects on the next Wait.
+      if (!reported)
+        spdlog::warn("jobs: LISTEN {}: {}", kJobsChannel, notified.status().ToString());
+      reported = true;
+      continue;
+    }
+    reported = false;
+    for (const std::string& queue : *notified) {
+      if (queue == options_.queue) {
+        Wake();
+        break;
+      }
+    }
   }
 }
 
@@ -343,7 +393,7 @@ void Workers::Impl::Execute(const std::shared_ptr<RunningJob>& job) {
   if (result.ok()) {
     std::string output = result.value().empty() ? "{}" : std::move(result.value());
     if (IsJson(output)) {
-      LogWrite(*job, "complete", queue_.Complete(id, job->token, output));
+      LogWrite(*job, "complete", queue_.Complete(id, job->token, output, context.on_complete_));
       return;
     }
     result = core::Internal("handler returned output that is not JSON");

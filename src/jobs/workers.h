@@ -11,7 +11,9 @@
 // across all eligible types at once, so the queue's own order (priority, run_after, age) decides
 // between types, and no capped type can exceed its cap even if the whole batch is of that type.
 // It repeats while slots are free and the queue keeps returning full batches, then sleeps until
-// Wake(), a job finishing, or poll_interval. RescueExpired() runs every rescue_interval.
+// Wake(), a job finishing, or poll_interval. RescueExpired() runs every rescue_interval. Wake()
+// comes from the JobQueue when this process enqueues or requeues a job, and, on PostgreSQL, from a
+// listener thread holding a LISTEN connection on kJobsChannel, which every enqueue notifies.
 //
 // Leases. Each running job is heartbeated every heartbeat_interval (by default a third of the
 // lease its claim was granted). A kCanceled answer means a cancel was requested: the handler is
@@ -24,6 +26,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -63,6 +66,12 @@ class JobContext {
   // sleeping the whole time.
   bool SleepFor(std::chrono::milliseconds d);
 
+  // Sets writes to make in the job store in the same transaction that marks this job succeeded
+  // (JobQueue::Complete's `in_transaction`): they commit if and only if the completion does, so a
+  // handler's effects in the store happen exactly once even when a worker dies mid-job and the
+  // job is run again. Replaces an earlier hook; ignored when the handler returns an error.
+  void OnComplete(std::function<core::Status(store::Session&)> hook);
+
  private:
   friend class Workers;
   JobContext(JobQueue& queue, std::shared_ptr<internal::RunningJob> running);
@@ -76,6 +85,7 @@ class JobContext {
   int64_t pending_value_ = 0;
   int64_t pending_max_ = 0;
   std::string pending_message_;
+  std::function<core::Status(store::Session&)> on_complete_;
 };
 
 // Returns the output JSON (an object or any JSON value, as text) or an error, after which the job
@@ -88,6 +98,9 @@ struct WorkersOptions {
   std::chrono::milliseconds poll_interval{200};     // claim attempt when idle and not woken
   std::chrono::milliseconds heartbeat_interval{0};  // 0 = a third of the queue's lease
   std::chrono::milliseconds rescue_interval{5000};  // RescueExpired cadence
+  // Per-type caps that replace Register()'s max_concurrency for those types (config:
+  // jobs.type_concurrency).
+  std::map<std::string, int, std::less<>> type_limits;
 };
 
 class Workers {

@@ -259,7 +259,7 @@ TEST_P(WorkersTest, WakeClaimsBeforeThePoll) {
   EXPECT_LT(Clock::now() - start, 1s);
 }
 
-TEST_P(WorkersTest, WithoutWakeTheJobWaitsForThePoll) {
+TEST_P(WorkersTest, AnEnqueueThroughTheSameQueueWakesTheWorkers) {
   WorkersOptions options = FastOptions();
   options.poll_interval = 5s;
   options.rescue_interval = 60s;
@@ -267,9 +267,32 @@ TEST_P(WorkersTest, WithoutWakeTheJobWaitsForThePoll) {
   RegisterBuiltinHandlers(workers);
   workers.Start();
   std::this_thread::sleep_for(100ms);
+  const auto start = Clock::now();
   Job job = MustEnqueue({.type = "noop"});
-  std::this_thread::sleep_for(500ms);
-  EXPECT_EQ(MustGet(job.id).status, JobStatus::kQueued);
+  ASSERT_TRUE(WaitForStatus(job.id, JobStatus::kSucceeded, 1s));
+  EXPECT_LT(Clock::now() - start, 1s);
+  workers.Stop(0ms);
+}
+
+// Another JobQueue stands for another process: on PostgreSQL its enqueue reaches the workers
+// through NOTIFY; SQLite has no notifications, so the job waits for the next poll.
+TEST_P(WorkersTest, AnEnqueueElsewhereWakesThroughNotifyOnPostgres) {
+  WorkersOptions options = FastOptions();
+  options.poll_interval = 5s;
+  options.rescue_interval = 60s;
+  Workers workers(*queue_, options);
+  RegisterBuiltinHandlers(workers);
+  workers.Start();
+  std::this_thread::sleep_for(200ms);
+  JobQueue elsewhere(*db_, "producer");
+  auto job = elsewhere.Enqueue({.type = "noop"});
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  if (GetParam() == Engine::kPostgres) {
+    EXPECT_TRUE(WaitForStatus(job->id, JobStatus::kSucceeded, 1s));
+  } else {
+    std::this_thread::sleep_for(500ms);
+    EXPECT_EQ(MustGet(job->id).status, JobStatus::kQueued);
+  }
   workers.Stop(0ms);
 }
 

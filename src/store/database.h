@@ -150,6 +150,27 @@ class Session {
   bool retryable_failure_ = false;
 };
 
+// A dedicated connection receiving PostgreSQL notifications (LISTEN) on one channel. Used by one
+// thread at a time, except Interrupt(), which any thread may call.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // No copying allowed.
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // Waits up to `timeout` for notifications and returns their payloads (empty on timeout or
+  // Interrupt()). After a lost connection it returns kUnavailable once and reconnects (and
+  // listens again) on the next call; notifications sent meanwhile are lost, so callers also poll.
+  virtual core::Result<std::vector<std::string>> Wait(std::chrono::milliseconds timeout) = 0;
+
+  // Makes a Wait in progress (or the next one) return at once.
+  virtual void Interrupt() = 0;
+
+ protected:
+  Listener() = default;
+};
+
 // A database: a SQLite file or a PostgreSQL pool. Thread-safe.
 class Database {
  public:
@@ -183,6 +204,14 @@ class Database {
 
   // A snapshot of the connection counters.
   virtual PoolStats pool_stats() const = 0;
+
+  // A listener on `channel` over its own connection (outside the pool). kFailedPrecondition on
+  // SQLite, which has no notifications.
+  virtual core::Result<std::unique_ptr<Listener>> Listen(const std::string& channel) {
+    (void)channel;
+    return core::Status(core::StatusCode::kFailedPrecondition,
+                        std::string(EngineName(engine())) + " has no notifications");
+  }
 
  protected:
   Database() = default;

@@ -131,6 +131,25 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
 CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
 )sql";
 
+// Migration 2: per-job event counter, a cancel-request column, and disabled webhook endpoints.
+// jobs.event_seq is the seq of the job's latest event: every state change increments it in the
+// same UPDATE that changes the job (the row lock orders concurrent writers), so a transition and
+// its event fit in one statement on PostgreSQL. jobs.cancel_requested_at replaces looking for a
+// cancel_requested event. Both are filled from job_events for existing jobs.
+// webhook_endpoints holds endpoints that answered 410 Gone: nothing more is sent to them.
+constexpr std::string_view kJobsV2 = R"sql(
+ALTER TABLE jobs ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cancel_requested_at BIGINT;
+UPDATE jobs SET event_seq = (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = jobs.id);
+UPDATE jobs SET cancel_requested_at = (SELECT MIN(created_at) FROM job_events e
+  WHERE e.job_id = jobs.id AND e.kind = 'cancel_requested');
+CREATE TABLE webhook_endpoints (
+  url TEXT PRIMARY KEY NOT NULL,
+  disabled_at BIGINT NOT NULL,
+  reason TEXT NOT NULL
+);
+)sql";
+
 constexpr std::string_view kCreateTable =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT "
     "NULL, applied_at BIGINT NOT NULL)";
@@ -187,6 +206,10 @@ const std::vector<Migration>& Migrations() {
        .name = "create_jobs",
        .sqlite_sql = kJobsSqlite,
        .postgres_sql = kJobsPostgres},
+      {.version = 2,
+       .name = "job_event_seq_and_webhook_endpoints",
+       .sqlite_sql = kJobsV2,
+       .postgres_sql = kJobsV2},
   };
   return migrations;
 }

@@ -170,6 +170,46 @@ TEST_P(StoreMigrationsTest, ConcurrentMigratorsApplyEachMigrationOnce) {
   EXPECT_EQ(count->GetInt(0, 0), static_cast<int64_t>(Migrations().size()));
 }
 
+// Migration 2 fills the new columns of jobs created under migration 1 from their events.
+TEST_P(StoreMigrationsTest, EventCounterAndCancelColumnAreBackfilled) {
+  ASSERT_TRUE(Migrate(*db_, {Migrations()[0]}, nullptr).ok());
+  const int64_t now = 1'700'000'000'000'000;
+  for (const char* id : {"running-canceled", "queued-plain"}) {
+    auto job = db_->Execute(
+        "INSERT INTO jobs (id, type, status, created_at, updated_at) VALUES ($1, 'noop', $2, $3, "
+        "$3)",
+        {std::string(id),
+         std::string(std::string_view(id).starts_with("running") ? "running" : "queued"), now});
+    ASSERT_TRUE(job.ok()) << job.status().ToString();
+  }
+  const char* kinds[] = {"queued", "started", "cancel_requested"};
+  for (int seq = 1; seq <= 3; ++seq) {
+    auto event = db_->Execute(
+        "INSERT INTO job_events (job_id, seq, kind, created_at) VALUES ('running-canceled', $1, "
+        "$2, $3)",
+        {int64_t{seq}, std::string(kinds[seq - 1]), now + seq});
+    ASSERT_TRUE(event.ok()) << event.status().ToString();
+  }
+  auto first = db_->Execute(
+      "INSERT INTO job_events (job_id, seq, kind, created_at) VALUES ('queued-plain', 1, "
+      "'queued', $1)",
+      {now});
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+
+  ASSERT_TRUE(Migrate(*db_).ok());
+  auto rows = db_->Execute("SELECT id, event_seq, cancel_requested_at FROM jobs ORDER BY id DESC");
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ(rows->GetText(0, 0), "running-canceled");
+  EXPECT_EQ(rows->GetInt(0, 1), 3);
+  EXPECT_EQ(rows->GetInt(0, 2), now + 3);
+  EXPECT_EQ(rows->GetInt(1, 1), 1);
+  EXPECT_TRUE(rows->IsNull(1, 2));
+  auto endpoints = db_->Execute("SELECT count(*) FROM webhook_endpoints");
+  ASSERT_TRUE(endpoints.ok()) << endpoints.status().ToString();
+  EXPECT_EQ(endpoints->GetInt(0, 0), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, StoreMigrationsTest,
                          ::testing::Values(Engine::kSqlite, Engine::kPostgres),
                          [](const ::testing::TestParamInfo<Engine>& info) {

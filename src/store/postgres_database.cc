@@ -11,10 +11,14 @@
 // closed, which is how overflow connections shrink away after a burst. A connection that broke
 // during use is never returned.
 //
-// Statements go through PQexecParams with text parameters (one round trip, no server-side
-// statement state to invalidate after migrations); text without parameters goes through PQexec
-// so that scripts of several statements work. Result columns of integer, boolean and floating
-// point types are converted to int64/double; everything else stays text.
+// Statements with parameters are prepared once per connection (PQprepare, then PQexecPrepared
+// with text parameters), so repeated statements skip the server's parse and plan; statements
+// name their result columns, so a migration adding columns does not invalidate them. Text
+// without parameters goes through PQexec so that scripts of several statements work. With
+// pre_ping, a connection returned to the pool less than 500 ms ago is handed out without a
+// ping; one that died meanwhile fails its statement with kUnavailable and is discarded. Result
+// columns of integer, boolean and floating point types are converted to int64/double; everything
+// else stays text.
 //
 // Metrics (process-wide, summed over pools):
 //   megaserve_store_pool_connections{state="in_use"|"idle"}  gauge
@@ -27,13 +31,19 @@
 //   conflict
 #include "store/postgres_database.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <libpq-fe.h>
+#include <poll.h>
+#include <unistd.h>
 
+#include <cctype>
 #include <charconv>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "metrics/registry.h"
 
@@ -104,7 +114,16 @@ struct Connection {
   }
   PGconn* conn = nullptr;
   Clock::time_point created;
+  Clock::time_point last_used;  // when it was last returned to the pool
+  // Server-side prepared statements of this connection, by SQL text: "s1", "s2", ...
+  std::unordered_map<std::string, std::string> prepared;
 };
+
+// pre_ping skips connections returned to the pool less than this long ago.
+constexpr auto kAliveBypass = std::chrono::milliseconds(500);
+
+// Statements prepared per connection at most; later ones run unprepared.
+constexpr size_t kMaxPrepared = 256;
 
 using ConnectionPtr = std::unique_ptr<Connection>;
 
@@ -181,7 +200,8 @@ std::string ParamText(double d) {
 }
 
 // Runs one statement (or a parameterless script) on `conn`.
-Result<Rows> Exec(PGconn* conn, std::string_view sql, const Params& params) {
+Result<Rows> Exec(Connection& connection, std::string_view sql, const Params& params) {
+  PGconn* conn = connection.conn;
   std::string text(sql);
   PGresult* res;
   if (params.empty()) {
@@ -202,8 +222,27 @@ Result<Rows> Exec(PGconn* conn, std::string_view sql, const Params& params) {
       }
       values[i] = storage[i].c_str();
     }
-    res = PQexecParams(conn, text.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
-                       nullptr, nullptr, 0);
+    // Prepared once per connection: later runs skip parsing and planning on the server.
+    auto known = connection.prepared.find(text);
+    if (known == connection.prepared.end() && connection.prepared.size() < kMaxPrepared) {
+      std::string name = "s" + std::to_string(connection.prepared.size() + 1);
+      PGresult* prepared =
+          PQprepare(conn, name.c_str(), text.c_str(), static_cast<int>(params.size()), nullptr);
+      if (!prepared || PQresultStatus(prepared) != PGRES_COMMAND_OK) {
+        Status error = PgError(conn, prepared);
+        PQclear(prepared);
+        return error;
+      }
+      PQclear(prepared);
+      known = connection.prepared.emplace(text, std::move(name)).first;
+    }
+    if (known != connection.prepared.end()) {
+      res = PQexecPrepared(conn, known->second.c_str(), static_cast<int>(params.size()),
+                           values.data(), nullptr, nullptr, 0);
+    } else {
+      res = PQexecParams(conn, text.c_str(), static_cast<int>(params.size()), nullptr,
+                         values.data(), nullptr, nullptr, 0);
+    }
   }
   ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
@@ -245,7 +284,7 @@ class PostgresSession final : public Session {
 
  protected:
   Result<Rows> DoExecute(std::string_view sql, const Params& params) override {
-    Result<Rows> rows = Exec(conn_->conn, sql, params);
+    Result<Rows> rows = Exec(*conn_, sql, params);
     if (!rows.ok()) {
       std::string state = SqlState(rows.status());
       if (state == "40001" || state == "40P01") retryable_failure_ = true;
@@ -255,6 +294,85 @@ class PostgresSession final : public Session {
 
  private:
   Connection* conn_;
+};
+
+// LISTEN on a connection of its own. Wait() polls the connection's socket together with a pipe
+// that Interrupt() writes to.
+class PostgresListener final : public Listener {
+ public:
+  PostgresListener(std::function<Result<ConnectionPtr>()> connect, std::string channel)
+      : connect_(std::move(connect)), channel_(std::move(channel)) {
+    if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
+  }
+  ~PostgresListener() override {
+    for (int fd : wake_) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  Result<std::vector<std::string>> Wait(std::chrono::milliseconds timeout) override {
+    if (!conn_) {
+      if (Status s = Connect(); !s.ok()) {
+        // Not reachable: wait out the timeout so callers do not spin, then report.
+        Sleep(timeout);
+        return s;
+      }
+    }
+    std::vector<std::string> out;
+    Drain(&out);
+    if (!out.empty()) return out;
+    pollfd fds[2] = {{PQsocket(conn_->conn), POLLIN, 0}, {wake_[0], POLLIN, 0}};
+    int ready = poll(fds, wake_[0] >= 0 ? 2 : 1, static_cast<int>(timeout.count()));
+    if (ready > 0 && (fds[1].revents & POLLIN) != 0) ClearWake();
+    if (ready > 0 && fds[0].revents != 0) {
+      if (PQconsumeInput(conn_->conn) == 0 || PQstatus(conn_->conn) != CONNECTION_OK) {
+        std::string message = TrimMessage(PQerrorMessage(conn_->conn));
+        conn_.reset();
+        return core::Unavailable("postgresql: listener connection lost: " + message);
+      }
+      Drain(&out);
+    }
+    return out;
+  }
+
+  void Interrupt() override {
+    if (wake_[1] >= 0) (void)!write(wake_[1], "x", 1);
+  }
+
+  Status Connect() {
+    auto conn = connect_();
+    if (!conn.ok()) return conn.status();
+    PGresult* res = PQexec((*conn)->conn, ("LISTEN " + channel_).c_str());
+    const bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    Status error = ok ? Status::Ok() : PgError((*conn)->conn, res);
+    PQclear(res);
+    if (!ok) return error;
+    conn_ = std::move(*conn);
+    return Status::Ok();
+  }
+
+ private:
+  void Drain(std::vector<std::string>* out) {
+    PQconsumeInput(conn_->conn);
+    while (PGnotify* n = PQnotifies(conn_->conn)) {
+      out->emplace_back(n->extra ? n->extra : "");
+      PQfreemem(n);
+    }
+  }
+  void ClearWake() {
+    char buf[64];
+    while (read(wake_[0], buf, sizeof buf) > 0) {
+    }
+  }
+  void Sleep(std::chrono::milliseconds timeout) {
+    pollfd fd = {wake_[0], POLLIN, 0};
+    if (poll(&fd, wake_[0] >= 0 ? 1 : 0, static_cast<int>(timeout.count())) > 0) ClearWake();
+  }
+
+  std::function<Result<ConnectionPtr>()> connect_;
+  std::string channel_;
+  ConnectionPtr conn_;
+  int wake_[2] = {-1, -1};
 };
 
 class PostgresDatabase final : public Database {
@@ -287,7 +405,7 @@ class PostgresDatabase final : public Database {
     PostgresSession session(conn->get());
     Status status = fn(session);
     if (!session.broken() && session.transaction_status() != PQTRANS_IDLE) {
-      Exec((*conn)->conn, "ROLLBACK", {});
+      Exec(**conn, "ROLLBACK", {});
       if (status.ok()) status = core::Internal("postgresql: session ended inside a transaction");
     }
     Checkin(std::move(*conn));
@@ -309,6 +427,17 @@ class PostgresDatabase final : public Database {
     return s;
   }
 
+  Result<std::unique_ptr<Listener>> Listen(const std::string& channel) override {
+    for (char ch : channel) {
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_') {
+        return core::InvalidArgument("postgresql: invalid channel name " + channel);
+      }
+    }
+    auto listener = std::make_unique<PostgresListener>([this] { return Connect(); }, channel);
+    if (Status s = listener->Connect(); !s.ok()) return s;
+    return std::unique_ptr<Listener>(std::move(listener));
+  }
+
   // Makes one connection and returns it to the pool, so a bad URL fails at open time.
   Status Probe() {
     auto conn = Checkout();
@@ -321,7 +450,7 @@ class PostgresDatabase final : public Database {
   Result<Rows> DoExecute(std::string_view sql, const Params& params) override {
     auto conn = Checkout();
     if (!conn.ok()) return conn.status();
-    Result<Rows> rows = Exec((*conn)->conn, sql, params);
+    Result<Rows> rows = Exec(**conn, sql, params);
     Checkin(std::move(*conn));
     return rows;
   }
@@ -424,8 +553,12 @@ class PostgresDatabase final : public Database {
 
   // Replaces an idle connection that is too old or, with pre_ping, dead. Called without mu_.
   Result<ConnectionPtr> Validate(ConnectionPtr c) {
-    bool old = Clock::now() - c->created >= options_.recycle;
-    bool dead = !old && options_.pre_ping && !Ping(*c);
+    const auto now = Clock::now();
+    bool old = now - c->created >= options_.recycle;
+    // A connection that worked moments ago is not pinged again (HikariCP's "alive bypass"):
+    // under load every checkout would otherwise pay a round trip.
+    bool recent = now - c->last_used < kAliveBypass;
+    bool dead = !old && !recent && options_.pre_ping && !Ping(*c);
     if (!old && !dead) return c;
     c.reset();
     {
@@ -463,6 +596,7 @@ class PostgresDatabase final : public Database {
       --in_use_;
       metrics_.in_use.Dec();
       if (healthy && static_cast<int>(idle_.size()) < options_.pool_size) {
+        c->last_used = Clock::now();
         idle_.push_back(std::move(c));
         metrics_.idle.Inc();
       } else {

@@ -148,11 +148,29 @@ TEST_F(StorePostgresTest, PrePingReplacesAConnectionKilledServerSide) {
   ASSERT_TRUE(db);
   int64_t pid = BackendPid(*db);
   Terminate(pid);
+  // Past the alive-bypass window (500 ms) the idle connection is pinged before use.
+  std::this_thread::sleep_for(milliseconds(600));
   int64_t replacement = BackendPid(*db);  // succeeds: the dead connection was never used
   EXPECT_NE(replacement, pid);
   EXPECT_GT(replacement, 0);
   EXPECT_EQ(db->pool_stats().reconnects, 1u);
   EXPECT_EQ(db->pool_stats().open, 1);
+}
+
+TEST_F(StorePostgresTest, ARecentlyUsedConnectionIsNotPingedAndIsDiscardedWhenDead) {
+  auto db = Open({.pool_size = 1, .max_overflow = 0, .pre_ping = true});
+  ASSERT_TRUE(db);
+  int64_t pid = BackendPid(*db);
+  Terminate(pid);
+  // Within the window no ping is made: the statement meets the dead connection.
+  auto rows = db->Execute("SELECT 1");
+  ASSERT_FALSE(rows.ok());
+  EXPECT_EQ(rows.status().code(), core::StatusCode::kUnavailable) << rows.status().ToString();
+  EXPECT_EQ(db->pool_stats().discarded, 1u);
+  EXPECT_EQ(db->pool_stats().open, 0);
+  int64_t replacement = BackendPid(*db);
+  EXPECT_NE(replacement, pid);
+  EXPECT_GT(replacement, 0);
 }
 
 TEST_F(StorePostgresTest, WithoutPrePingABrokenConnectionIsDiscarded) {
