@@ -4,13 +4,17 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
+#include <optional>
 
 #include "api/job_events.h"
 #include "core/ids.h"
 #include "core/time_format.h"
 #include "jobs/builtin_handlers.h"
+#include "net/url.h"
 
 namespace megaserve::api {
 
@@ -81,6 +85,20 @@ void WriteJob(Writer& w, const jobs::Job& j) {
   } else {
     w.Null();
   }
+  if (!j.webhook_url.empty()) {
+    WriteString(w, "webhook", j.webhook_url);
+    w.Key("webhook_events_filter");
+    w.StartArray();
+    std::string_view events = j.webhook_events;
+    while (!events.empty()) {
+      const std::size_t comma = events.find(',');
+      std::string_view event = events.substr(0, comma);
+      w.String(event.data(), static_cast<rapidjson::SizeType>(event.size()));
+      if (comma == std::string_view::npos) break;
+      events.remove_prefix(comma + 1);
+    }
+    w.EndArray();
+  }
   w.Key("created_at");
   WriteTime(w, j.created_at_us);
   w.Key("started_at");
@@ -149,8 +167,82 @@ Response BadField(std::string_view code, std::string_view message, std::string_v
   return net::ErrorResponse(400, code, message, param);
 }
 
+// The webhook events a job may ask for, in the order webhook_events stores them.
+constexpr std::array<std::string_view, 3> kWebhookEvents = {"start", "progress", "completed"};
+
+// Validates "webhook" and "webhook_events_filter" of a POST /v1/jobs body into `job`.
+std::optional<Response> ParseWebhook(const rapidjson::Document& d, const jobs::SsrfGuard* guard,
+                                     jobs::NewJob& job) {
+  if (!d.HasMember("webhook")) {
+    if (d.HasMember("webhook_events_filter")) {
+      return BadField("invalid_webhook_events_filter",
+                      "\"webhook_events_filter\" needs a \"webhook\"", "webhook_events_filter");
+    }
+    return std::nullopt;
+  }
+  const auto& url = d["webhook"];
+  if (!url.IsString()) {
+    return BadField("invalid_webhook", "\"webhook\" must be a URL string", "webhook");
+  }
+  if (guard == nullptr) {
+    return BadField("webhooks_disabled",
+                    "webhooks are not enabled on this server: set webhooks.secret (make one with "
+                    "\"megaserve webhooks new-secret\")",
+                    "webhook");
+  }
+  job.webhook_url.assign(url.GetString(), url.GetStringLength());
+  if (job.webhook_url.size() > kMaxWebhookUrlBytes) {
+    return BadField("invalid_webhook",
+                    "\"webhook\" is longer than " + std::to_string(kMaxWebhookUrlBytes) + " bytes",
+                    "webhook");
+  }
+  auto parsed = net::ParseUrl(job.webhook_url);
+  if (!parsed.ok()) {
+    return BadField(
+        "invalid_webhook",
+        "\"webhook\" must be an absolute http or https URL: " + parsed.status().message(),
+        "webhook");
+  }
+  // A literal address is refused now; a name is checked after each resolution when sending.
+  if (parsed->host_is_ip) {
+    if (auto allowed = guard->CheckUrlHost(parsed->host, {}); !allowed.ok()) {
+      return BadField("invalid_webhook", "\"webhook\" is not allowed: " + allowed.message(),
+                      "webhook");
+    }
+  }
+  std::array<bool, kWebhookEvents.size()> wanted{};
+  if (!d.HasMember("webhook_events_filter")) {
+    wanted.fill(true);
+  } else {
+    const auto& filter = d["webhook_events_filter"];
+    auto bad = [] {
+      return BadField("invalid_webhook_events_filter",
+                      "\"webhook_events_filter\" must be a non-empty array of distinct values "
+                      "from \"start\", \"progress\", \"completed\"",
+                      "webhook_events_filter");
+    };
+    if (!filter.IsArray() || filter.Empty()) return bad();
+    for (const auto& item : filter.GetArray()) {
+      if (!item.IsString()) return bad();
+      std::string_view name(item.GetString(), item.GetStringLength());
+      auto it = std::find(kWebhookEvents.begin(), kWebhookEvents.end(), name);
+      if (it == kWebhookEvents.end()) return bad();
+      bool& seen = wanted[static_cast<std::size_t>(it - kWebhookEvents.begin())];
+      if (seen) return bad();
+      seen = true;
+    }
+  }
+  for (std::size_t i = 0; i < kWebhookEvents.size(); ++i) {
+    if (!wanted[i]) continue;
+    if (!job.webhook_events.empty()) job.webhook_events += ',';
+    job.webhook_events += kWebhookEvents[i];
+  }
+  return std::nullopt;
+}
+
 // Validates a POST /v1/jobs body into a NewJob.
-ParsedJob ParseNewJob(const std::string& body, const jobs::Workers& workers) {
+ParsedJob ParseNewJob(const std::string& body, const jobs::Workers& workers,
+                      const jobs::SsrfGuard* webhook_guard) {
   ParsedJob out;
   rapidjson::Document d;
   d.Parse(body.c_str(), body.size());
@@ -160,7 +252,8 @@ ParsedJob ParseNewJob(const std::string& body, const jobs::Workers& workers) {
   }
   for (auto& m : d.GetObject()) {
     std::string_view name(m.name.GetString(), m.name.GetStringLength());
-    if (name != "type" && name != "input" && name != "priority" && name != "max_attempts") {
+    if (name != "type" && name != "input" && name != "priority" && name != "max_attempts" &&
+        name != "webhook" && name != "webhook_events_filter") {
       out.error = BadField("unknown_field", "unknown field \"" + std::string(name) + "\"", name);
       return out;
     }
@@ -212,6 +305,7 @@ ParsedJob ParseNewJob(const std::string& body, const jobs::Workers& workers) {
   };
   if (!int_field("priority", -1000, 1000, out.job.priority)) return out;
   if (!int_field("max_attempts", 1, 100, out.job.max_attempts)) return out;
+  out.error = ParseWebhook(d, webhook_guard, out.job);
   return out;
 }
 
@@ -241,7 +335,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
                             "Idempotency-Key must be 1 to 255 visible ASCII characters",
                             "Idempotency-Key"));
     }
-    ParsedJob parsed = ParseNewJob(std::string(req.body), *ctx.workers);
+    ParsedJob parsed = ParseNewJob(std::string(req.body), *ctx.workers, ctx.webhook_guard);
     if (parsed.error) return reply(std::move(*parsed.error));
     parsed.job.idempotency_key = std::move(key);
     OffLoop(ctx.pool, std::move(reply), [ctx, job = std::move(parsed.job)] {

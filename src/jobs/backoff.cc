@@ -29,10 +29,20 @@ std::chrono::milliseconds JobRetryDelay(int attempt, std::chrono::milliseconds b
 
 std::optional<std::chrono::milliseconds> WebhookRetryDelay(int failed_attempts,
                                                            std::mt19937_64& rng) {
+  static const auto schedule = [] {
+    std::array<std::chrono::milliseconds, kWebhookRetrySchedule.size()> ms{};
+    std::copy(kWebhookRetrySchedule.begin(), kWebhookRetrySchedule.end(), ms.begin());
+    return ms;
+  }();
+  return WebhookRetryDelay(failed_attempts, schedule, rng);
+}
+
+std::optional<std::chrono::milliseconds> WebhookRetryDelay(
+    int failed_attempts, std::span<const std::chrono::milliseconds> schedule,
+    std::mt19937_64& rng) {
   if (failed_attempts <= 0) return std::chrono::milliseconds(0);
-  if (static_cast<size_t>(failed_attempts) > kWebhookRetrySchedule.size()) return std::nullopt;
-  const int64_t base =
-      std::chrono::milliseconds(kWebhookRetrySchedule[failed_attempts - 1]).count();
+  if (static_cast<size_t>(failed_attempts) > schedule.size()) return std::nullopt;
+  const int64_t base = std::max<int64_t>(schedule[failed_attempts - 1].count(), 0);
   const int64_t spread = base * kWebhookJitterPercent / 100;
   std::uniform_int_distribution<int64_t> dist(base - spread, base + spread);
   return std::chrono::milliseconds(dist(rng));

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <optional>
 #include <random>
+#include <span>
 
 namespace megaserve::jobs {
 
@@ -43,5 +44,11 @@ inline constexpr int kWebhookJitterPercent = 20;
 // delivery is abandoned).
 std::optional<std::chrono::milliseconds> WebhookRetryDelay(int failed_attempts,
                                                            std::mt19937_64& rng);
+
+// The same for a configured schedule (webhooks.retry_schedule): schedule[failed_attempts - 1]
+// with kWebhookJitterPercent jitter, 0 for 0 failed attempts, nullopt once the schedule is
+// exhausted. Negative entries count as 0.
+std::optional<std::chrono::milliseconds> WebhookRetryDelay(
+    int failed_attempts, std::span<const std::chrono::milliseconds> schedule, std::mt19937_64& rng);
 
 }  // namespace megaserve::jobs

@@ -151,5 +151,23 @@ TEST(WebhookRetryDelayTest, DeterministicForAFixedSeed) {
   }
 }
 
+TEST(WebhookRetryDelayTest, ConfiguredScheduleWithJitter) {
+  std::mt19937_64 rng(8);
+  const std::vector<milliseconds> schedule = {milliseconds(100), milliseconds(1000)};
+  EXPECT_EQ(WebhookRetryDelay(0, schedule, rng), milliseconds(0));
+  for (int n = 0; n < 1000; ++n) {
+    auto first = WebhookRetryDelay(1, schedule, rng);
+    ASSERT_TRUE(first.has_value());
+    EXPECT_GE(first->count(), 80);
+    EXPECT_LE(first->count(), 120);
+    auto second = WebhookRetryDelay(2, schedule, rng);
+    ASSERT_TRUE(second.has_value());
+    EXPECT_GE(second->count(), 800);
+    EXPECT_LE(second->count(), 1200);
+  }
+  EXPECT_FALSE(WebhookRetryDelay(3, schedule, rng).has_value());
+  EXPECT_FALSE(WebhookRetryDelay(1, std::span<const milliseconds>(), rng).has_value());
+}
+
 }  // namespace
 }  // namespace megaserve::jobs

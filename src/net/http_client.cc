@@ -10,6 +10,10 @@
 // allows resending idempotent requests then, so such a request (no response byte seen yet) is
 // retried once on a fresh connection.
 //
+// Address filter: HttpClientOptions::address_filter judges the very addresses about to be
+// connected to, after resolution, so a name cannot pass a check and then resolve elsewhere
+// (DNS rebinding) before the connect.
+//
 // Timeouts: the request timer covers the whole exchange, connect included; a second timer covers
 // DNS + TCP connect + TLS handshake. A firing timer closes the socket (or cancels the resolver),
 // which makes the pending operation complete with operation_aborted, and reports the timeout.
@@ -231,6 +235,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   void BuildRequest(ClientRequest req);
   void Connect();
   void OnResolved(const error_code& ec, const tcp::resolver::results_type& results);
+  // Runs the address filter over endpoints_, then connects to the first that answers.
+  void ConnectToEndpoints();
   void OnConnected(const error_code& ec);
   void OnHandshake(const error_code& ec);
   void Send();
@@ -347,10 +353,7 @@ void Exchange::Connect() {
     const auto address = asio::ip::make_address(url_.host, ec);
     if (ec) return Fail(core::InvalidArgument("bad IP address " + url_.host));
     endpoints_.assign(1, tcp::endpoint(address, url_.port));
-    asio::async_connect(conn_->socket(), endpoints_,
-                        [self = shared_from_this()](const error_code& ec, const tcp::endpoint&) {
-                          self->OnConnected(ec);
-                        });
+    ConnectToEndpoints();
     return;
   }
   resolver_.emplace(client_->ioc());
@@ -365,6 +368,18 @@ void Exchange::OnResolved(const error_code& ec, const tcp::resolver::results_typ
   if (Over()) return;
   if (ec) return Fail(core::Unavailable("resolve " + url_.host + ": " + ec.message()));
   endpoints_.assign(results.begin(), results.end());
+  ConnectToEndpoints();
+}
+
+void Exchange::ConnectToEndpoints() {
+  if (const auto& filter = client_->options().address_filter) {
+    std::vector<asio::ip::address> addresses;
+    addresses.reserve(endpoints_.size());
+    for (const tcp::endpoint& endpoint : endpoints_) addresses.push_back(endpoint.address());
+    if (core::Status allowed = filter(url_.host, addresses); !allowed.ok()) {
+      return Fail(std::move(allowed));
+    }
+  }
   asio::async_connect(conn_->socket(), endpoints_,
                       [self = shared_from_this()](const error_code& ec, const tcp::endpoint&) {
                         self->OnConnected(ec);

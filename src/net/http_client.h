@@ -9,6 +9,7 @@
 // retry and timeout rules. TLS uses OpenSSL with peer and host name verification by default.
 #pragma once
 
+#include <boost/asio/ip/address.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -66,6 +67,14 @@ struct HttpClientOptions {
   std::string ca_file;
   // User-Agent header value; empty = send none.
   std::string user_agent = "megaserve";
+  // Decides whether a new connection may be made to the URL's host, given every address the
+  // resolver returned for it (for an IP literal, that address alone). Called on the loop's
+  // thread after resolution and before connecting; a non-OK status (normally PermissionDenied)
+  // fails the Fetch with that status and nothing is connected. Pooled connections were checked
+  // when they were opened. Empty = every address is allowed.
+  std::function<core::Status(std::string_view host,
+                             const std::vector<boost::asio::ip::address>& addresses)>
+      address_filter;
 };
 
 class HttpClient {
@@ -96,6 +105,7 @@ class HttpClient {
   //                      verification failures say so), malformed response;
   //   DeadlineExceeded   connect_timeout or the request timeout passed;
   //   ResourceExhausted  the body exceeds max_response_bytes or the header 64 KiB;
+  //   (any)              what address_filter returned when it refused the host's addresses;
   //   Canceled           the client was destroyed first.
   // `done` is never called from inside Fetch; an empty `done` discards the result. Must be
   // called on the io_context's thread, or before the io_context starts running; other threads

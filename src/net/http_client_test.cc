@@ -322,6 +322,76 @@ TEST_F(HttpClientTest, ResolvesHostNames) {
   EXPECT_EQ(res->Header("X-Echo-Host"), "localhost:" + std::to_string(server.port()));
 }
 
+// Records every address_filter call and answers with `verdict`.
+struct FilterProbe {
+  core::Status verdict = core::Status::Ok();
+  std::vector<std::string> hosts;
+  std::vector<std::vector<asio::ip::address>> addresses;
+
+  HttpClientOptions Options() {
+    HttpClientOptions options;
+    options.address_filter = [this](std::string_view host,
+                                    const std::vector<asio::ip::address>& resolved) {
+      hosts.emplace_back(host);
+      addresses.push_back(resolved);
+      return verdict;
+    };
+    return options;
+  }
+};
+
+TEST_F(HttpClientTest, AddressFilterSeesIpLiteralAndAllows) {
+  TestServer server(Echo);
+  FilterProbe probe;
+  HttpClient client(ioc_, probe.Options());
+  auto res = FetchNow(ioc_, client, Get(server.Url("/a")));
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->status, 200);
+  ASSERT_EQ(probe.hosts.size(), 1u);
+  EXPECT_EQ(probe.hosts[0], "127.0.0.1");
+  ASSERT_EQ(probe.addresses[0].size(), 1u);
+  EXPECT_EQ(probe.addresses[0][0], asio::ip::make_address("127.0.0.1"));
+  // A pooled connection was checked when it was opened.
+  res = FetchNow(ioc_, client, Get(server.Url("/b")));
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(probe.hosts.size(), 1u);
+  EXPECT_EQ(client.stats().connections_reused, 1u);
+}
+
+TEST_F(HttpClientTest, AddressFilterRefusalFailsWithoutConnecting) {
+  TestServer server(Echo);
+  FilterProbe probe;
+  probe.verdict = core::Status(core::StatusCode::kPermissionDenied, "loopback is not allowed");
+  HttpClient client(ioc_, probe.Options());
+  ClientRequest req = Get(server.Url("/hook"));
+  req.method = "POST";
+  req.body = "{}";
+  auto res = FetchNow(ioc_, client, req);
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), core::StatusCode::kPermissionDenied);
+  EXPECT_EQ(res.status().message(), "loopback is not allowed");
+  EXPECT_EQ(probe.hosts.size(), 1u);
+  EXPECT_EQ(client.stats().connections_opened, 0u);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(server.accepted(), 0);
+}
+
+TEST_F(HttpClientTest, AddressFilterSeesResolvedAddresses) {
+  if (!LocalhostIsOnlyLoopbackV4()) GTEST_SKIP() << "localhost does not resolve to 127.0.0.1 only";
+  TestServer server(Echo);
+  FilterProbe probe;
+  probe.verdict = core::Status(core::StatusCode::kPermissionDenied, "refused");
+  HttpClient client(ioc_, probe.Options());
+  auto res = FetchNow(ioc_, client, Get(server.Url("/named", "localhost")));
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), core::StatusCode::kPermissionDenied);
+  ASSERT_EQ(probe.hosts.size(), 1u);
+  EXPECT_EQ(probe.hosts[0], "localhost");
+  ASSERT_EQ(probe.addresses[0].size(), 1u);
+  EXPECT_EQ(probe.addresses[0][0], asio::ip::make_address("127.0.0.1"));
+  EXPECT_EQ(server.accepted(), 0);
+}
+
 TEST_F(HttpClientTest, KeepAliveReusesConnection) {
   TestServer server(Echo);
   HttpClient client(ioc_);

@@ -10,6 +10,7 @@
 #include <regex>
 
 #include "jobs/job_queue.h"
+#include "jobs/webhook_signature.h"
 #include "store/migrations.h"
 #include "test_support.h"
 
@@ -110,6 +111,21 @@ TEST(BinaryTest, HelpListsSubcommands) {
   Process p({"--help"});
   EXPECT_EQ(p.Wait(), 0);
   for (const char* s : {"serve", "version", "config"}) EXPECT_THAT(p.Stdout(), HasSubstr(s));
+}
+
+TEST(BinaryTest, WebhooksNewSecretPrintsAFreshSecret) {
+  Process a({"webhooks", "new-secret"});
+  Process b({"webhooks", "new-secret"});
+  ASSERT_EQ(a.Wait(), 0);
+  ASSERT_EQ(b.Wait(), 0);
+  std::string secret = a.Stdout();
+  ASSERT_TRUE(!secret.empty() && secret.back() == '\n') << secret;
+  secret.pop_back();
+  EXPECT_TRUE(secret.starts_with("whsec_")) << secret;
+  auto parsed = jobs::WebhookSecret::Parse(secret);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->key().size(), jobs::WebhookSecret::kGeneratedKeyBytes);
+  EXPECT_NE(a.Stdout(), b.Stdout());
 }
 
 TEST(BinaryTest, ServeStartsAnswersAndStopsCleanlyOnSigterm) {
