@@ -45,6 +45,7 @@ struct Settings {
   int jobs = 5000;
   int workers = 4;
   int batch = 1;
+  int enqueue_batch = 1;  // jobs per enqueue call; above 1 through EnqueueMany
   int producers = 2;
   double rate = 0;  // jobs/s over all producers; 0 = unpaced
   int idle_sleep_us = 50'000;
@@ -139,19 +140,30 @@ int Run(const Settings& cfg) {
       megaserve::jobs::NewJob job;
       job.type = "noop";
       job.input_json = "{}";
-      for (int i; (i = next_job.fetch_add(1)) < cfg.jobs && !error.failed();) {
+      const int per_call = std::max(1, cfg.enqueue_batch);
+      for (int i; (i = next_job.fetch_add(per_call)) < cfg.jobs && !error.failed();) {
+        const int n = std::min(per_call, cfg.jobs - i);
         // A fixed schedule (job i at start + i/rate) keeps the offered load at --rate.
         if (cfg.rate > 0)
           std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
                                                     std::chrono::duration<double>(i / cfg.rate)));
         const Clock::time_point t = Clock::now();
-        auto added = queue.Enqueue(job);
-        if (!added.ok()) return error.Set("enqueue", added.status());
+        std::vector<std::string> ids;
+        if (n == 1 && cfg.enqueue_batch <= 1) {
+          auto added = queue.Enqueue(job);
+          if (!added.ok()) return error.Set("enqueue", added.status());
+          ids.push_back(added->id);
+        } else {
+          auto added = queue.EnqueueMany(std::vector<megaserve::jobs::NewJob>(n, job));
+          if (!added.ok()) return error.Set("enqueue", added.status());
+          for (const auto& j : *added) ids.push_back(j.id);
+        }
         {
           std::lock_guard lock(enqueued_mu);
-          enqueued_at.emplace(added->id, std::make_pair(t, Clock::now()));
+          for (const std::string& id : ids)
+            enqueued_at.emplace(id, std::make_pair(t, Clock::now()));
         }
-        enqueued.fetch_add(1);
+        enqueued.fetch_add(n);
         int64_t now_ns = since(start);
         int64_t prev = last_enqueue_ns.load();
         while (prev < now_ns && !last_enqueue_ns.compare_exchange_weak(prev, now_ns)) {
@@ -254,9 +266,9 @@ int Run(const Settings& cfg) {
   const double p50_call = Percentile(call_latencies, 0.50);
   const double p99_call = Percentile(call_latencies, 0.99);
   std::printf(
-      "%s: %d jobs, %d producers, %d workers, batch %d, rate %s\n",
+      "%s: %d jobs, %d producers (enqueue batch %d), %d workers (claim/ack batch %d), rate %s\n",
       std::string(megaserve::store::EngineName(store.engine())).c_str(), cfg.jobs, cfg.producers,
-      cfg.workers, cfg.batch,
+      cfg.enqueue_batch, cfg.workers, cfg.batch,
       cfg.rate > 0 ? (std::to_string(static_cast<int>(cfg.rate)) + " jobs/s").c_str() : "unpaced");
   std::printf("  end to end: %.0f jobs/s (%.3f s); enqueues issued at %.0f jobs/s\n", jobs_per_s,
               total_s, enqueue_per_s);
@@ -280,6 +292,9 @@ int main(int argc, char** argv) {
   app.add_option("--jobs", cfg.jobs, "jobs to run")->check(CLI::PositiveNumber);
   app.add_option("--workers", cfg.workers, "worker threads")->check(CLI::PositiveNumber);
   app.add_option("--batch", cfg.batch, "jobs per claim; above 1 each claim is acked in one batch")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--enqueue-batch", cfg.enqueue_batch,
+                 "jobs per enqueue call; above 1 they are inserted together (EnqueueMany)")
       ->check(CLI::PositiveNumber);
   app.add_option("--rate", cfg.rate, "enqueue rate in jobs/s over all producers; 0 = unpaced")
       ->check(CLI::NonNegativeNumber);

@@ -393,6 +393,87 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
   return out;
 }
 
+Result<std::vector<Job>> JobQueue::EnqueueMany(const std::vector<NewJob>& specs) {
+  std::vector<Job> out;
+  if (specs.empty()) return out;
+  const int64_t now = Now();
+  for (const NewJob& spec : specs) {
+    if (spec.type.empty()) return core::InvalidArgument("job type is required");
+    if (spec.max_attempts < 1) return core::InvalidArgument("max_attempts must be at least 1");
+    if (!spec.idempotency_key.empty()) {
+      return core::InvalidArgument("EnqueueMany takes no idempotency keys; use Enqueue");
+    }
+    Job job;
+    job.id = core::NewUuidV7();
+    job.type = spec.type;
+    job.queue = spec.queue;
+    job.priority = spec.priority;
+    job.input_json = spec.input_json;
+    job.max_attempts = spec.max_attempts;
+    job.run_after_us = spec.run_after_us > 0 ? spec.run_after_us : now;
+    job.webhook_url = spec.webhook_url;
+    job.webhook_events = spec.webhook_events;
+    job.created_at_us = now;
+    job.updated_at_us = now;
+    out.push_back(std::move(job));
+  }
+  Status status;
+  if (db_.engine() == Engine::kPostgres) {
+    // The rows travel as parallel arrays; an empty webhook element stands for NULL.
+    std::vector<std::string> ids, types, queues, priorities, inputs, attempts, run_afters;
+    std::vector<std::string> url_items, event_items;
+    for (const Job& j : out) {
+      ids.push_back(j.id);
+      types.push_back(j.type);
+      queues.push_back(j.queue);
+      priorities.push_back(std::to_string(j.priority));
+      inputs.push_back(j.input_json);
+      attempts.push_back(std::to_string(j.max_attempts));
+      run_afters.push_back(std::to_string(j.run_after_us));
+      url_items.push_back(j.webhook_url);
+      event_items.push_back(j.webhook_events);
+    }
+    status =
+        ExecuteRetrying(
+            "WITH j AS (INSERT INTO jobs (id, type, queue, status, priority, input, max_attempts, "
+            "run_after, webhook_url, webhook_events, created_at, updated_at, event_seq) SELECT id, "
+            "type, queue, 'queued', priority, input, max_attempts, run_after, NULLIF(url, ''), "
+            "NULLIF(events, ''), $10, $10, 1 FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), "
+            "CAST($3 AS TEXT[]), CAST($4 AS INTEGER[]), CAST($5 AS TEXT[]), CAST($6 AS "
+            "INTEGER[]), CAST($7 AS BIGINT[]), CAST($8 AS TEXT[]), CAST($9 AS TEXT[])) AS v(id, "
+            "type, queue, priority, input, max_attempts, run_after, url, events) RETURNING id), "
+            "e AS (INSERT INTO job_events (job_id, seq, kind, data, created_at) SELECT id, 1, "
+            "'queued', NULL, CAST($10 AS BIGINT) FROM j) SELECT count(*) FROM j",
+            {PgTextArray(ids), PgTextArray(types), PgTextArray(queues), PgTextArray(priorities),
+             PgTextArray(inputs), PgTextArray(attempts), PgTextArray(run_afters),
+             PgTextArray(url_items), PgTextArray(event_items), now})
+            .status();
+  } else {
+    status = db_.Transact([&](Session& s) -> Status {
+      for (const Job& j : out) {
+        auto inserted = s.Execute(
+            "INSERT INTO jobs (id, type, queue, status, priority, input, max_attempts, run_after, "
+            "webhook_url, webhook_events, created_at, updated_at, event_seq) VALUES ($1, $2, $3, "
+            "'queued', $4, $5, $6, $7, $8, $9, $10, $10, 1)",
+            {j.id, j.type, j.queue, int64_t{j.priority}, j.input_json, int64_t{j.max_attempts},
+             j.run_after_us, TextOrNull(j.webhook_url), TextOrNull(j.webhook_events), now});
+        if (!inserted.ok()) return inserted.status();
+        auto event = s.Execute(
+            kInsertEvent, {j.id, int64_t{1}, std::string("queued"), Value{std::monostate{}}, now});
+        if (!event.ok()) return event.status();
+      }
+      return Status::Ok();
+    });
+  }
+  if (!status.ok()) return status;
+  std::vector<std::string> queues;
+  for (const Job& j : out) queues.push_back(j.queue);
+  std::sort(queues.begin(), queues.end());
+  queues.erase(std::unique(queues.begin(), queues.end()), queues.end());
+  for (const std::string& q : queues) Announce(q);
+  return out;
+}
+
 Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
                                              const std::vector<std::string>& types, int max) {
   if (max <= 0) return std::vector<Claimed>{};
@@ -429,7 +510,11 @@ Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
   Status status;
   if (postgres) {
     // One statement: claim, started events and start webhooks commit together. The last
-    // parameter is this worker's id as a JSON string, for the events.
+    // parameter is this worker's id as a JSON string, for the events. The commit does not wait
+    // for its WAL flush (synchronous_commit off for this transaction): losing a claim in a
+    // server crash only puts the job back in the queue, and the stale token it handed out is
+    // fenced (the job's token is back to what it was, so no write under it matches). The
+    // completion's synchronous commit flushes the claim's WAL too, as WAL is written in order.
     params.push_back(JsonString(worker_id_));
     const size_t worker = params.size();
     const std::string sql = fmt::format(
@@ -439,7 +524,7 @@ Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
         "webhook_deliveries (job_id, event, url, payload, next_attempt_at, created_at) SELECT id, "
         "'start', webhook_url, '{{}}', CAST($3 AS BIGINT), CAST($3 AS BIGINT) FROM c WHERE "
         "webhook_url IS NOT NULL AND strpos(',' || webhook_events || ',', ',start,') > 0) "
-        "SELECT * FROM c",
+        "SELECT *, set_config('synchronous_commit', 'off', true) FROM c",
         update, worker);
     auto rows = ExecuteRetrying(sql, params);
     if (rows.ok()) take(*rows);
@@ -484,10 +569,17 @@ Status JobQueue::Heartbeat(const std::string& id, int64_t token) {
   const int64_t now = Now();
   const int64_t expires =
       now + std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count();
+  // On PostgreSQL a lost heartbeat costs nothing, so its commit does not wait for a WAL flush.
+  const std::string update = fmt::format(
+      "UPDATE jobs SET lease_expires_at = $3, updated_at = $4 WHERE {} RETURNING "
+      "cancel_requested_at",
+      kFenced);
   auto rows =
-      ExecuteRetrying(fmt::format("UPDATE jobs SET lease_expires_at = $3, updated_at = $4 WHERE {} "
-                                  "RETURNING cancel_requested_at",
-                                  kFenced),
+      ExecuteRetrying(db_.engine() == Engine::kPostgres
+                          ? fmt::format("WITH u AS ({}) SELECT cancel_requested_at, set_config("
+                                        "'synchronous_commit', 'off', true) FROM u",
+                                        update)
+                          : update,
                       {id, token, expires, now});
   if (!rows.ok()) return rows.status();
   if (rows->empty()) return NotLeased(id, token);

@@ -163,6 +163,11 @@ class JobQueue {
   // existing job if its input is the same, kAlreadyExists otherwise.
   core::Result<Job> Enqueue(const NewJob& job);
 
+  // Inserts several queued jobs at once, all or none (on PostgreSQL one statement, on SQLite one
+  // transaction), for producers that batch: returns them in order. kInvalidArgument, inserting
+  // nothing, when any is invalid or carries an idempotency key (use Enqueue for those).
+  core::Result<std::vector<Job>> EnqueueMany(const std::vector<NewJob>& jobs);
+
   // Claims up to `max` due queued jobs of `queue` (any type when `types` is empty, else only
   // those types), best first: each becomes running with attempts + 1, a new fencing token and a
   // lease owned by this worker, and gets a `started` event. Returns fewer (possibly none) when

@@ -431,6 +431,46 @@ TEST_P(JobQueueTest, ListPagesThroughEveryJobOnce) {
   EXPECT_EQ(queue_->List(std::nullopt, "", 0, "").status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_P(JobQueueTest, EnqueueManyInsertsAllOrNone) {
+  auto bad = queue_->EnqueueMany({{.type = "noop"}, {.type = ""}});
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  auto keyed = queue_->EnqueueMany({{.type = "noop", .idempotency_key = "k"}});
+  EXPECT_EQ(keyed.status().code(), StatusCode::kInvalidArgument);
+  auto none = queue_->List(std::nullopt, "", 10, "");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->jobs.empty());
+
+  auto added =
+      queue_->EnqueueMany({{.type = "noop", .priority = 2, .input_json = R"({"s":"a \"q\" {x}"})"},
+                           {.type = "sleep",
+                            .queue = "other",
+                            .max_attempts = 7,
+                            .webhook_url = "https://example.com/h",
+                            .webhook_events = "completed"}});
+  ASSERT_TRUE(added.ok()) << added.status().ToString();
+  ASSERT_EQ(added->size(), 2u);
+  for (const Job& job : *added) {
+    auto got = queue_->Get(job.id);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->type, job.type);
+    EXPECT_EQ(got->queue, job.queue);
+    EXPECT_EQ(got->priority, job.priority);
+    EXPECT_EQ(got->input_json, job.input_json);
+    EXPECT_EQ(got->max_attempts, job.max_attempts);
+    EXPECT_EQ(got->run_after_us, now_.load());
+    EXPECT_EQ(got->webhook_url, job.webhook_url);
+    EXPECT_EQ(got->webhook_events, job.webhook_events);
+    EXPECT_EQ(got->status, JobStatus::kQueued);
+    EXPECT_THAT(EventKinds(job.id), ElementsAre("queued"));
+  }
+  EXPECT_EQ(queue_->Get((*added)[0].id)->input_json, R"({"s":"a \"q\" {x}"})");
+  EXPECT_EQ(queue_->Get((*added)[1].id)->max_attempts, 7);
+  // The first job is claimable like any other.
+  std::vector<Claimed> claimed = MustClaim(5);
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(claimed[0].job.id, (*added)[0].id);
+}
+
 TEST_P(JobQueueTest, CompleteManyAcksABatchAndFencesStaleTokens) {
   for (int i = 0; i < 3; ++i) MustEnqueue({.type = "noop"});
   std::vector<Claimed> claimed = MustClaim(3);

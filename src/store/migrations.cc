@@ -131,24 +131,50 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
 CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
 )sql";
 
-// Migration 2: per-job event counter, a cancel-request column, and disabled webhook endpoints.
-// jobs.event_seq is the seq of the job's latest event: every state change increments it in the
-// same UPDATE that changes the job (the row lock orders concurrent writers), so a transition and
-// its event fit in one statement on PostgreSQL. jobs.cancel_requested_at replaces looking for a
-// cancel_requested event. Both are filled from job_events for existing jobs.
-// webhook_endpoints holds endpoints that answered 410 Gone: nothing more is sent to them.
-constexpr std::string_view kJobsV2 = R"sql(
-ALTER TABLE jobs ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN cancel_requested_at BIGINT;
-UPDATE jobs SET event_seq = (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = jobs.id);
-UPDATE jobs SET cancel_requested_at = (SELECT MIN(created_at) FROM job_events e
-  WHERE e.job_id = jobs.id AND e.kind = 'cancel_requested');
-CREATE TABLE webhook_endpoints (
-  url TEXT PRIMARY KEY NOT NULL,
-  disabled_at BIGINT NOT NULL,
-  reason TEXT NOT NULL
-);
+// Migration 2: per-job event counter, a cancel-request column, leaner indexes for the queue's
+// hot path, and disabled webhook endpoints.
+// - jobs.event_seq is the seq of the job's latest event: every state change increments it in
+//   the same UPDATE that changes the job (the row lock orders concurrent writers), so a
+//   transition and its event fit in one statement on PostgreSQL. jobs.cancel_requested_at
+//   replaces looking for a cancel_requested event. Both are filled from job_events.
+// - job_events loses its foreign key: events are only ever written by the statement or
+//   transaction that updates their job, so the check (a lookup and row lock in jobs per event)
+//   guards nothing; whoever deletes jobs deletes their events too. On SQLite the table becomes
+//   WITHOUT ROWID (the primary key is the table), one B-tree less per insert.
+// - jobs_claim leads with the queue and, like jobs_lease, only holds the rows it serves
+//   (partial indexes), so finished jobs leave both.
+// - webhook_endpoints holds endpoints that answered 410 Gone: nothing more is sent to them.
+#define MEGASERVE_JOBS_V2_COMMON                                                                  \
+  "ALTER TABLE jobs ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;\n"                            \
+  "ALTER TABLE jobs ADD COLUMN cancel_requested_at BIGINT;\n"                                     \
+  "UPDATE jobs SET event_seq = (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = " \
+  "jobs.id);\n"                                                                                   \
+  "UPDATE jobs SET cancel_requested_at = (SELECT MIN(created_at) FROM job_events e WHERE "        \
+  "e.job_id = jobs.id AND e.kind = 'cancel_requested');\n"                                        \
+  "DROP INDEX jobs_claim;\n"                                                                      \
+  "DROP INDEX jobs_lease;\n"                                                                      \
+  "CREATE INDEX jobs_claim ON jobs (queue, priority, run_after, id) WHERE status = 'queued';\n"   \
+  "CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';\n"                \
+  "CREATE TABLE webhook_endpoints (url TEXT PRIMARY KEY NOT NULL, disabled_at BIGINT NOT NULL, "  \
+  "reason TEXT NOT NULL);\n"
+constexpr std::string_view kJobsV2Sqlite = MEGASERVE_JOBS_V2_COMMON R"sql(
+CREATE TABLE job_events_v2 (
+  job_id TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  data TEXT,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+INSERT INTO job_events_v2 (job_id, seq, kind, data, created_at)
+  SELECT job_id, seq, kind, data, created_at FROM job_events;
+DROP TABLE job_events;
+ALTER TABLE job_events_v2 RENAME TO job_events;
 )sql";
+constexpr std::string_view kJobsV2Postgres = MEGASERVE_JOBS_V2_COMMON R"sql(
+ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
+)sql";
+#undef MEGASERVE_JOBS_V2_COMMON
 
 constexpr std::string_view kCreateTable =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT "
@@ -207,9 +233,9 @@ const std::vector<Migration>& Migrations() {
        .sqlite_sql = kJobsSqlite,
        .postgres_sql = kJobsPostgres},
       {.version = 2,
-       .name = "job_event_seq_and_webhook_endpoints",
-       .sqlite_sql = kJobsV2,
-       .postgres_sql = kJobsV2},
+       .name = "queue_hot_path_and_webhook_endpoints",
+       .sqlite_sql = kJobsV2Sqlite,
+       .postgres_sql = kJobsV2Postgres},
   };
   return migrations;
 }

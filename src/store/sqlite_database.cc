@@ -12,8 +12,10 @@
 // synchronous=NORMAL is durable against application crashes under WAL and loses at most the last
 // transactions on power loss, the trade-off SQLite recommends for WAL.
 //
-// Each connection caches its prepared statements by SQL text (statements with a trailing second
-// statement, such as migration scripts, are run uncached).
+// Transact uses group commit: concurrent transactions run one after another inside one BEGIN
+// IMMEDIATE ... COMMIT, each in its own savepoint (see TransactOnce). Each connection caches its
+// prepared statements by SQL text (statements with a trailing second statement, such as
+// migration scripts, are run uncached) and reads through a memory map.
 #include "store/sqlite_database.h"
 
 #include <fmt/format.h>
@@ -27,6 +29,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace megaserve::store {
 namespace {
@@ -115,8 +118,12 @@ class Connection {
     if (rc != SQLITE_OK) return SqliteError(conn->db_, rc, "opening " + path);
     sqlite3_extended_result_codes(conn->db_, 1);
     sqlite3_busy_timeout(conn->db_, static_cast<int>(options.busy_timeout.count()));
+    // Memory-mapped reads: a reader's page cache is dropped whenever the writer commits, and
+    // reading pages through the map instead of read() makes that refill cheap.
+    // journal_size_limit truncates the WAL file back to 64 MiB after it restarts.
     std::string pragmas =
-        reader ? "PRAGMA foreign_keys=ON; PRAGMA query_only=ON;" : "PRAGMA foreign_keys=ON;";
+        "PRAGMA foreign_keys=ON; PRAGMA mmap_size=268435456; PRAGMA journal_size_limit=67108864;";
+    if (reader) pragmas += " PRAGMA query_only=ON;";
     rc = sqlite3_exec(conn->db_, pragmas.c_str(), nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) return SqliteError(conn->db_, rc, "configuring " + path);
     return conn;
@@ -301,10 +308,32 @@ class SqliteSession final : public Session {
 
 class SqliteDatabase final : public Database {
  public:
+  // With a `checkpointer` connection (file databases in WAL mode), checkpoints move off the
+  // writer: see CheckpointLoop.
   SqliteDatabase(StoreOptions options, std::unique_ptr<Connection> writer,
-                 std::vector<std::unique_ptr<Connection>> readers)
-      : options_(std::move(options)), writer_(std::move(writer)), readers_(std::move(readers)) {
+                 std::vector<std::unique_ptr<Connection>> readers,
+                 std::unique_ptr<Connection> checkpointer)
+      : options_(std::move(options)),
+        writer_(std::move(writer)),
+        readers_(std::move(readers)),
+        checkpointer_(std::move(checkpointer)) {
     for (auto& r : readers_) free_readers_.push_back(r.get());
+    if (checkpointer_) {
+      sqlite3_wal_autocheckpoint(writer_->db(), 0);
+      sqlite3_wal_hook(writer_->db(), &SqliteDatabase::OnWalCommit, this);
+      checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
+    }
+  }
+
+  ~SqliteDatabase() override {
+    if (!checkpoint_thread_.joinable()) return;
+    {
+      std::lock_guard lock(checkpoint_mu_);
+      checkpoint_exit_ = true;
+    }
+    checkpoint_cv_.notify_one();
+    checkpoint_thread_.join();
+    sqlite3_wal_hook(writer_->db(), nullptr, nullptr);
   }
 
   Engine engine() const override { return Engine::kSqlite; }
@@ -369,27 +398,120 @@ class SqliteDatabase final : public Database {
     SqliteDatabase* db;
   };
 
+  // One caller's transaction waiting to run in a group.
+  struct Pending {
+    const std::function<Status(Session&)>* fn = nullptr;
+    Status status;
+    bool retry = false;
+    bool done = false;
+  };
+
+  // Group commit: the caller that finds no group running becomes the leader and runs every
+  // transaction queued so far in one BEGIN IMMEDIATE ... COMMIT, each inside its own savepoint
+  // so that one failing rolls back only itself. Callers that arrive meanwhile queue for the
+  // next group. Each fn still runs alone and in order, sees what earlier ones wrote, and its
+  // caller returns after the shared COMMIT, so it is as atomic, isolated and durable as a
+  // transaction of its own; the group writes shared pages (indexes, the tail of the events
+  // table) to the WAL once instead of once per transaction.
   Status TransactOnce(const std::function<Status(Session&)>& fn, bool* retry) {
+    Pending me;
+    me.fn = &fn;
+    std::unique_lock lock(group_mu_);
+    group_queue_.push_back(&me);
+    while (!me.done) {
+      if (group_running_) {
+        group_cv_.wait(lock);
+        continue;
+      }
+      group_running_ = true;
+      std::vector<Pending*> group;
+      const size_t n = std::min(group_queue_.size(), kMaxGroup);
+      group.assign(group_queue_.begin(), group_queue_.begin() + static_cast<std::ptrdiff_t>(n));
+      group_queue_.erase(group_queue_.begin(),
+                         group_queue_.begin() + static_cast<std::ptrdiff_t>(n));
+      lock.unlock();
+      RunGroup(group);
+      lock.lock();
+      group_running_ = false;
+      for (Pending* p : group) p->done = true;
+      group_cv_.notify_all();
+    }
+    *retry = me.retry;
+    return me.status;
+  }
+
+  void RunGroup(const std::vector<Pending*>& group) {
     std::lock_guard lock(writer_mu_);
     WriterInUse in_use(this);
     sqlite3* db = writer_->db();
     int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
-      *retry = IsBusy(rc);
-      return SqliteError(db, rc, "BEGIN IMMEDIATE");
+      Status error = SqliteError(db, rc, "BEGIN IMMEDIATE");
+      for (Pending* p : group) {
+        p->status = error;
+        p->retry = IsBusy(rc);
+      }
+      return;
     }
-    SqliteSession session(writer_.get());
-    Status status = fn(session);
-    if (status.ok()) {
-      rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-      if (rc == SQLITE_OK) return Status::Ok();
-      status = SqliteError(db, rc, "COMMIT");
-      *retry = IsBusy(rc);
-    } else {
-      *retry = session.retryable_failure();
+    const bool alone = group.size() == 1;
+    for (Pending* p : group) {
+      if (!alone) sqlite3_exec(db, "SAVEPOINT tx", nullptr, nullptr, nullptr);
+      SqliteSession session(writer_.get());
+      p->status = (*p->fn)(session);
+      p->retry = !p->status.ok() && session.retryable_failure();
+      if (!alone) {
+        if (!p->status.ok()) sqlite3_exec(db, "ROLLBACK TO tx", nullptr, nullptr, nullptr);
+        sqlite3_exec(db, "RELEASE tx", nullptr, nullptr, nullptr);
+      }
+    }
+    if (alone && !group[0]->status.ok()) {
+      if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      return;
+    }
+    rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) return;
+    Status error = SqliteError(db, rc, "COMMIT");
+    for (Pending* p : group) {
+      if (!p->status.ok()) continue;
+      p->status = error;
+      p->retry = IsBusy(rc);
     }
     if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-    return status;
+  }
+
+  // Called by SQLite on the writer after each commit with the WAL's size in frames.
+  static int OnWalCommit(void* self, sqlite3*, const char*, int frames) {
+    auto* db = static_cast<SqliteDatabase*>(self);
+    if (frames >= kCheckpointFrames) {
+      {
+        std::lock_guard lock(db->checkpoint_mu_);
+        db->checkpoint_due_ = true;
+        db->wal_frames_ = frames;
+      }
+      db->checkpoint_cv_.notify_one();
+    }
+    return SQLITE_OK;
+  }
+
+  // Copies the WAL back into the database file once it holds kCheckpointFrames pages (SQLite's
+  // own threshold), on a connection of its own. SQLite would otherwise do this inside the commit
+  // that crossed the threshold, with the write lock held through the copy and its fsync; a
+  // PASSIVE checkpoint here runs beside the writer. Under a steady stream of writes and reads a
+  // passive checkpoint may never catch up, and the WAL only restarts from its beginning once it
+  // has; past kRestartFrames a RESTART checkpoint waits for the readers and holds writers off
+  // (they wait in busy_timeout) until the WAL can start over, which bounds its size.
+  void CheckpointLoop() {
+    std::unique_lock lock(checkpoint_mu_);
+    for (;;) {
+      checkpoint_cv_.wait(lock, [this] { return checkpoint_exit_ || checkpoint_due_; });
+      if (checkpoint_exit_) return;
+      checkpoint_due_ = false;
+      const int mode =
+          wal_frames_ >= kRestartFrames ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE;
+      lock.unlock();
+      sqlite3_wal_checkpoint_v2(checkpointer_->db(), nullptr, mode, nullptr, nullptr);
+      lock.lock();
+    }
   }
 
   Connection* AcquireReader() {
@@ -408,14 +530,32 @@ class SqliteDatabase final : public Database {
     readers_cv_.notify_one();
   }
 
+  // Most transactions one group commit runs.
+  static constexpr size_t kMaxGroup = 64;
+  // WAL size in pages that triggers a checkpoint (SQLite's default auto-checkpoint), and the
+  // size (about 40 MiB of 4 KiB pages) past which the checkpoint restarts the WAL.
+  static constexpr int kCheckpointFrames = 1000;
+  static constexpr int kRestartFrames = 10'000;
+
   const StoreOptions options_;
+  std::mutex group_mu_;
+  std::condition_variable group_cv_;
+  std::vector<Pending*> group_queue_;  // guarded by group_mu_
+  bool group_running_ = false;         // guarded by group_mu_
   std::mutex writer_mu_;
   std::unique_ptr<Connection> writer_;  // guarded by writer_mu_
   std::atomic<bool> writer_busy_{false};
   std::vector<std::unique_ptr<Connection>> readers_;
   mutable std::mutex readers_mu_;
   std::condition_variable readers_cv_;
-  std::vector<Connection*> free_readers_;  // guarded by readers_mu_
+  std::vector<Connection*> free_readers_;     // guarded by readers_mu_
+  std::unique_ptr<Connection> checkpointer_;  // used by checkpoint_thread_ only
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_due_ = false;   // guarded by checkpoint_mu_
+  int wal_frames_ = 0;            // guarded by checkpoint_mu_
+  bool checkpoint_exit_ = false;  // guarded by checkpoint_mu_
+  std::thread checkpoint_thread_;
 };
 
 }  // namespace
@@ -435,6 +575,7 @@ Result<std::unique_ptr<Database>> OpenSqlite(const std::string& path, const Stor
   if (!writer.ok()) return writer.status();
   sqlite3* db = (*writer)->db();
   std::vector<std::unique_ptr<Connection>> readers;
+  std::unique_ptr<Connection> checkpointer;
   if (!memory) {
     // journal_mode answers with the mode in force; WAL may be refused (e.g. on some network
     // file systems), in which case everything runs on the writer.
@@ -455,10 +596,17 @@ Result<std::unique_ptr<Database>> OpenSqlite(const std::string& path, const Stor
         if (!reader.ok()) return reader.status();
         readers.push_back(std::move(*reader));
       }
+      auto opened = Connection::Open(path, false, options);
+      if (!opened.ok()) return opened.status();
+      // A connection learns that the file is in WAL mode when it first reads it; until then a
+      // checkpoint on it does nothing.
+      rc = sqlite3_exec((*opened)->db(), "PRAGMA journal_mode", nullptr, nullptr, nullptr);
+      if (rc != SQLITE_OK) return SqliteError((*opened)->db(), rc, "PRAGMA journal_mode");
+      checkpointer = std::move(*opened);
     }
   }
   return std::unique_ptr<Database>(
-      new SqliteDatabase(options, std::move(*writer), std::move(readers)));
+      new SqliteDatabase(options, std::move(*writer), std::move(readers), std::move(checkpointer)));
 }
 
 }  // namespace megaserve::store

@@ -106,6 +106,50 @@ TEST(StoreSqliteTest, ConcurrentWritersAndReadersSeeNoBusy) {
   EXPECT_EQ(rows->GetInt(0, 1), 400);  // every transaction saw the ones before it
 }
 
+// Transactions from many threads share commits (group commit), yet each stays atomic on its
+// own: the failing ones leave nothing behind, the others all land.
+TEST(StoreSqliteTest, GroupedTransactionsFailAndCommitIndependently) {
+  testing::TempDir dir;
+  auto db = OpenOrDie(dir.SqliteUrl());
+  ASSERT_TRUE(db);
+  ASSERT_TRUE(db->Execute("CREATE TABLE items (id BIGINT PRIMARY KEY, note TEXT)").ok());
+  constexpr int kThreads = 8;
+  constexpr int kEach = 100;
+  std::atomic<int> unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        const int64_t id = int64_t{t} * kEach + i;
+        const bool fail = id % 3 == 0;
+        core::Status s = db->Transact([&](Session& session) -> core::Status {
+          auto a = session.Execute("INSERT INTO items (id, note) VALUES ($1, 'a')", {id});
+          if (!a.ok()) return a.status();
+          // Two writes per transaction; the failing ones write first, then give up.
+          auto b =
+              session.Execute("INSERT INTO items (id, note) VALUES ($1, 'b')", {id + 1'000'000});
+          if (!b.ok()) return b.status();
+          if (fail) return core::Internal("give up");
+          return core::Status::Ok();
+        });
+        if (s.ok() == fail) ++unexpected;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(unexpected, 0);
+  auto rows = db->Execute(
+      "SELECT count(*), sum(CASE WHEN id % 3 = 0 THEN 1 ELSE 0 END) FROM items WHERE id < "
+      "1000000");
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  const int64_t total = kThreads * kEach;
+  EXPECT_EQ(rows->GetInt(0, 0), total - (total + 2) / 3);
+  EXPECT_EQ(rows->GetInt(0, 1), 0);
+  auto pairs = db->Execute("SELECT count(*) FROM items WHERE id >= 1000000");
+  ASSERT_TRUE(pairs.ok());
+  EXPECT_EQ(pairs->GetInt(0, 0), rows->GetInt(0, 0));  // both writes or neither
+}
+
 TEST(StoreSqliteTest, TwoHandlesOnOneFileShareTheWriteLock) {
   // Two Database objects stand in for two processes: busy_timeout and Transact's retry keep
   // SQLITE_BUSY from reaching the caller.
