@@ -16,6 +16,7 @@
 #include "core/ids.h"
 #include "core/time_format.h"
 #include "jobs/backoff.h"
+#include "jobs/coalescer.h"
 
 namespace megaserve::jobs {
 namespace {
@@ -292,7 +293,67 @@ JobQueue::JobQueue(store::Database& db, std::string worker_id, Options options)
     : db_(db),
       worker_id_(std::move(worker_id)),
       options_(std::move(options)),
-      rng_(options_.seed != 0 ? options_.seed : std::random_device{}()) {}
+      rng_(options_.seed != 0 ? options_.seed : std::random_device{}()) {
+  claimer_ = std::make_unique<Coalescer<ClaimRequest, Result<std::vector<Claimed>>>>(
+      [this](const std::vector<ClaimRequest>& requests) {
+        // Requests for the same queue and types share one claim of their summed size; the
+        // jobs are dealt out in claim order, each request taking up to its max.
+        std::vector<Result<std::vector<Claimed>>> out(requests.size(), std::vector<Claimed>{});
+        std::vector<bool> served(requests.size(), false);
+        for (size_t i = 0; i < requests.size(); ++i) {
+          if (served[i]) continue;
+          std::vector<size_t> same;
+          int total = 0;
+          for (size_t j = i; j < requests.size(); ++j) {
+            if (!served[j] && requests[j].queue == requests[i].queue &&
+                requests[j].types == requests[i].types) {
+              same.push_back(j);
+              served[j] = true;
+              total += requests[j].max;
+            }
+          }
+          auto claimed = ClaimNow(requests[i].queue, requests[i].types, total);
+          if (!claimed.ok()) {
+            for (size_t j : same) out[j] = claimed.status();
+            continue;
+          }
+          size_t next = 0;
+          for (size_t j : same) {
+            std::vector<Claimed> mine;
+            while (next < claimed->size() && static_cast<int>(mine.size()) < requests[j].max) {
+              mine.push_back(std::move((*claimed)[next++]));
+            }
+            out[j] = std::move(mine);
+          }
+        }
+        return out;
+      },
+      kMaxCoalesced);
+  completer_ = std::make_unique<Coalescer<Ack, Status>>(
+      [this](const std::vector<Ack>& acks) {
+        auto done = CompleteMany(acks);
+        if (done.ok()) return std::move(*done);
+        return std::vector<Status>(acks.size(), done.status());
+      },
+      kMaxCoalesced);
+  enqueuer_ = std::make_unique<Coalescer<NewJob, Result<Job>>>(
+      [this](const std::vector<NewJob>& specs) {
+        std::vector<Result<Job>> out;
+        if (specs.size() == 1) {
+          out.push_back(EnqueueOne(specs[0], false));
+          return out;
+        }
+        auto many = InsertMany(specs, /*announce=*/false);
+        if (many.ok()) {
+          for (Job& job : *many) out.push_back(std::move(job));
+          return out;
+        }
+        // One bad job must not fail its neighbours: each goes again on its own.
+        for (const NewJob& spec : specs) out.push_back(EnqueueOne(spec, false));
+        return out;
+      },
+      kMaxCoalesced);
+}
 
 int64_t JobQueue::Now() const {
   if (options_.now_us) return options_.now_us();
@@ -306,6 +367,12 @@ int64_t JobQueue::RetryDelayUs(int attempts) {
 }
 
 Result<Job> JobQueue::Enqueue(const NewJob& spec) {
+  auto job = EnqueueOne(spec, true);
+  if (job.ok()) Announce(spec.queue);
+  return job;
+}
+
+Result<Job> JobQueue::EnqueueOne(const NewJob& spec, bool coalesce_enqueues) {
   if (spec.type.empty()) return core::InvalidArgument("job type is required");
   if (spec.max_attempts < 1) return core::InvalidArgument("max_attempts must be at least 1");
   const int64_t now = Now();
@@ -346,8 +413,11 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
   out.webhook_events = spec.webhook_events;
   out.created_at_us = now;
   out.updated_at_us = now;
-  bool inserted_new = true;
   Status status;
+  if (postgres && !keyed && coalesce_enqueues && options_.coalesce) {
+    // Concurrent enqueues share one EnqueueMany statement (see coalescer.h).
+    return enqueuer_->Submit(spec);
+  }
   if (postgres && !keyed) {
     // One statement, so one round trip and one commit: the job and its first event.
     status = ExecuteRetrying(fmt::format("WITH j AS ({} RETURNING id), e AS (INSERT INTO "
@@ -363,11 +433,9 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
     // existing row is read below instead of the transaction aborting on a unique violation.
     if (keyed) sql += " ON CONFLICT (type, idempotency_key) DO NOTHING";
     status = db_.Transact([&](Session& s) -> Status {
-      inserted_new = true;
       auto inserted = s.Execute(sql, params);
       if (!inserted.ok()) return inserted.status();
       if (inserted->affected_rows() == 0) {
-        inserted_new = false;
         auto rows =
             s.Execute(fmt::format("SELECT {} FROM jobs WHERE type = $1 AND idempotency_key = $2",
                                   kJobColumns),
@@ -389,11 +457,14 @@ Result<Job> JobQueue::Enqueue(const NewJob& spec) {
     });
   }
   if (!status.ok()) return status;
-  if (inserted_new) Announce(spec.queue);
   return out;
 }
 
 Result<std::vector<Job>> JobQueue::EnqueueMany(const std::vector<NewJob>& specs) {
+  return InsertMany(specs, true);
+}
+
+Result<std::vector<Job>> JobQueue::InsertMany(const std::vector<NewJob>& specs, bool announce) {
   std::vector<Job> out;
   if (specs.empty()) return out;
   const int64_t now = Now();
@@ -466,6 +537,7 @@ Result<std::vector<Job>> JobQueue::EnqueueMany(const std::vector<NewJob>& specs)
     });
   }
   if (!status.ok()) return status;
+  if (!announce) return out;
   std::vector<std::string> queues;
   for (const Job& j : out) queues.push_back(j.queue);
   std::sort(queues.begin(), queues.end());
@@ -477,6 +549,14 @@ Result<std::vector<Job>> JobQueue::EnqueueMany(const std::vector<NewJob>& specs)
 Result<std::vector<Claimed>> JobQueue::Claim(const std::string& queue,
                                              const std::vector<std::string>& types, int max) {
   if (max <= 0) return std::vector<Claimed>{};
+  if (db_.engine() == Engine::kPostgres && options_.coalesce) {
+    return claimer_->Submit(ClaimRequest{queue, types, max});
+  }
+  return ClaimNow(queue, types, max);
+}
+
+Result<std::vector<Claimed>> JobQueue::ClaimNow(const std::string& queue,
+                                                const std::vector<std::string>& types, int max) {
   const int64_t now = Now();
   const int64_t expires =
       now + std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count();
@@ -626,6 +706,10 @@ Status JobQueue::Progress(const std::string& id, int64_t token, double value, do
 
 Status JobQueue::Complete(const std::string& id, int64_t token, const std::string& output_json,
                           const std::function<Status(Session&)>& in_transaction) {
+  if (db_.engine() == Engine::kPostgres && !in_transaction && options_.coalesce) {
+    // Concurrent completions share one CompleteMany statement (see coalescer.h).
+    return completer_->Submit(Ack{id, token, output_json});
+  }
   const int64_t now = Now();
   return Transition(id, token,
                     fmt::format("UPDATE jobs SET status = 'succeeded', output = $3, lease_owner = "

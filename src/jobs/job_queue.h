@@ -46,6 +46,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -57,6 +58,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "jobs/coalescer.h"
 #include "store/database.h"
 
 namespace megaserve::jobs {
@@ -146,6 +148,10 @@ class JobQueue {
     std::chrono::milliseconds retry_cap{600'000};  // JobRetryDelay cap
     std::function<int64_t()> now_us;               // clock; unset = system clock
     uint64_t seed = 0;                             // jitter seed; 0 = random
+    // PostgreSQL: concurrent Enqueue (without idempotency key), Claim and Complete (without
+    // hook) calls on this queue share statements (group commit; see coalescer.h). Each call
+    // keeps its own result and semantics.
+    bool coalesce = true;
   };
 
   // `db` must already be migrated (store::Migrate) and outlive the queue. `worker_id` is
@@ -246,6 +252,11 @@ class JobQueue {
   store::Database& database() { return db_; }
 
  private:
+  // Enqueue; on PostgreSQL a job without an idempotency key goes through enqueuer_ when
+  // `coalesce` is set.
+  core::Result<Job> EnqueueOne(const NewJob& spec, bool coalesce);
+  // EnqueueMany, announcing the new work only when `announce` is set.
+  core::Result<std::vector<Job>> InsertMany(const std::vector<NewJob>& jobs, bool announce);
   int64_t Now() const;
   int64_t RetryDelayUs(int attempts);
   // Database::Execute, rerun up to twice after a serialization failure or deadlock.
@@ -277,6 +288,20 @@ class JobQueue {
   std::set<std::string> notify_pending_;  // guarded by notify_mu_
   bool notify_exit_ = false;              // guarded by notify_mu_
   std::thread notifier_;                  // started by the first Announce on PostgreSQL
+  // PostgreSQL: concurrent Complete calls (without a hook) become one CompleteMany, concurrent
+  // Enqueue calls (without an idempotency key) one EnqueueMany; see coalescer.h.
+  static constexpr size_t kMaxCoalesced = 128;
+  struct ClaimRequest {
+    std::string queue;
+    std::vector<std::string> types;
+    int max = 0;
+  };
+  // Claim without coalescing.
+  core::Result<std::vector<Claimed>> ClaimNow(const std::string& queue,
+                                              const std::vector<std::string>& types, int max);
+  std::unique_ptr<Coalescer<ClaimRequest, core::Result<std::vector<Claimed>>>> claimer_;
+  std::unique_ptr<Coalescer<Ack, core::Status>> completer_;
+  std::unique_ptr<Coalescer<NewJob, core::Result<Job>>> enqueuer_;
 };
 
 }  // namespace megaserve::jobs

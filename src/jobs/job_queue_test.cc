@@ -225,6 +225,73 @@ TEST_P(JobQueueTest, ConcurrentClaimsTakeEveryJobExactlyOnce) {
   EXPECT_EQ(succeeded->jobs.size(), static_cast<size_t>(kJobs));
 }
 
+// Many threads sharing one JobQueue: on PostgreSQL their enqueues, claims and completions are
+// coalesced into shared statements; every call must still get exactly its own result.
+TEST_P(JobQueueTest, ConcurrentCallsOnOneQueueEachGetTheirOwnResult) {
+  constexpr int kThreads = 8;
+  constexpr int kEach = 40;
+  std::atomic<int> errors{0};
+  std::vector<std::vector<std::string>> enqueued(kThreads), taken(kThreads);
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kThreads; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        auto job = queue_->Enqueue(
+            {.type = "t", .input_json = "{\"n\":" + std::to_string(t * kEach + i) + "}"});
+        if (!job.ok()) {
+          ++errors;
+          continue;
+        }
+        enqueued[t].push_back(job->id);
+        auto got = queue_->Get(job->id);
+        if (!got.ok() || got->input_json != job->input_json) ++errors;
+      }
+    });
+  }
+  for (auto& p : producers) p.join();
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      for (;;) {
+        auto claimed = queue_->Claim("default", {"t"}, 1 + t % 2);
+        if (!claimed.ok()) {
+          ++errors;
+          return;
+        }
+        if (claimed->empty()) return;
+        if (static_cast<int>(claimed->size()) > 1 + t % 2) ++errors;
+        for (const Claimed& c : *claimed) {
+          taken[t].push_back(c.job.id);
+          if (!queue_->Complete(c.job.id, c.fencing_token, c.job.input_json).ok()) ++errors;
+          // A second completion under the same token is refused.
+          if (queue_->Complete(c.job.id, c.fencing_token, "{}").code() !=
+              StatusCode::kFailedPrecondition) {
+            ++errors;
+          }
+        }
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  EXPECT_EQ(errors.load(), 0);
+  std::set<std::string> all_enqueued, all_taken;
+  size_t total = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    all_enqueued.insert(enqueued[t].begin(), enqueued[t].end());
+    all_taken.insert(taken[t].begin(), taken[t].end());
+    total += taken[t].size();
+  }
+  EXPECT_EQ(all_enqueued.size(), static_cast<size_t>(kThreads * kEach));
+  EXPECT_EQ(total, all_taken.size());  // nobody got a job twice
+  EXPECT_EQ(all_taken, all_enqueued);
+  for (const std::string& id : all_taken) {
+    auto job = queue_->Get(id);
+    ASSERT_TRUE(job.ok());
+    EXPECT_EQ(job->status, JobStatus::kSucceeded);
+    EXPECT_EQ(job->output_json, job->input_json);  // its own output, not a neighbour's
+  }
+}
+
 TEST_P(JobQueueTest, HeartbeatExtendsTheLease) {
   MustEnqueue({.type = "t"});
   auto claimed = MustClaim(1);
