@@ -24,6 +24,9 @@ using Clock = std::chrono::steady_clock;
 
 class WorkersTest : public ::testing::TestWithParam<Engine> {
  protected:
+  // Two handlers, one capped at 2 of 5 slots; checks the cap holds and the rest still run.
+  void RunCapCheck(bool from_options);
+
   void SetUp() override {
     std::string pg_url;
     if (GetParam() == Engine::kPostgres) {
@@ -114,7 +117,12 @@ TEST_P(WorkersTest, FiftyNoopJobsSucceed) {
   EXPECT_EQ(workers.running(), 0);
 }
 
-TEST_P(WorkersTest, RespectsPerTypeCap) {
+// The cap comes from Register() or, overriding it, from WorkersOptions::type_limits
+// (jobs.type_concurrency).
+TEST_P(WorkersTest, RespectsPerTypeCap) { RunCapCheck(/*from_options=*/false); }
+TEST_P(WorkersTest, RespectsPerTypeCapFromOptions) { RunCapCheck(/*from_options=*/true); }
+
+void WorkersTest::RunCapCheck(bool from_options) {
   std::atomic<int> capped_now{0}, capped_max{0}, all_now{0}, all_max{0};
   auto track = [&](std::atomic<int>& now, std::atomic<int>& max) {
     int n = ++now;
@@ -134,8 +142,9 @@ TEST_P(WorkersTest, RespectsPerTypeCap) {
   };
   WorkersOptions options = FastOptions();
   options.concurrency = 5;
+  if (from_options) options.type_limits["capped"] = 2;
   Workers workers(*queue_, options);
-  workers.Register("capped", handler(true), 2);
+  workers.Register("capped", handler(true), from_options ? 4 : 2);
   workers.Register("free", handler(false));
   std::vector<std::string> ids;
   for (int i = 0; i < 8; ++i) ids.push_back(MustEnqueue({.type = "capped"}).id);
