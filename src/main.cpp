@@ -182,7 +182,7 @@ int Migrate(const ConfigFlags& flags, bool status_only) {
     int pending = 0;
     for (const auto& m : *list) {
       if (m.applied) {
-        std::printf("applied  %4d  %-32s %s\n", m.version, m.name.c_str(),
+        std::printf("applied  %4d  %-40s %s\n", m.version, m.name.c_str(),
                     core::Rfc3339(m.applied_at).c_str());
       } else {
         ++pending;
