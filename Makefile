@@ -4,6 +4,7 @@
 #   make test       build and run every test, with throwaway Redis and PostgreSQL
 #   make debug      debug build in build/debug
 #   make asan       ASan+UBSan build in build/asan, running every test
+#   make tsan       ThreadSanitizer build in build/tsan, running the batcher and model tests
 #   make bench      whole-system benchmarks against their anchors (bench/)
 #   make format     clang-format the sources in place;  make lint: format check + clang-tidy
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 SOURCES = $(shell git ls-files 'src/*.cc' 'src/*.h' 'src/*.cpp' 'tests/*.cc' 'tests/*.h')
 
-.PHONY: all release debug asan run test bench format lint setup clean
+.PHONY: all release debug asan tsan run test bench format lint setup clean
 
 all: release
 
@@ -26,6 +27,7 @@ build/%/build.ninja:
 CMAKE_FLAGS_release = -DCMAKE_BUILD_TYPE=Release
 CMAKE_FLAGS_debug = -DCMAKE_BUILD_TYPE=Debug
 CMAKE_FLAGS_asan = -DCMAKE_BUILD_TYPE=Debug -DMEGASERVE_SANITIZE=ON
+CMAKE_FLAGS_tsan = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEGASERVE_TSAN=ON
 
 release: setup build/release/build.ninja
 	cmake --build build/release -j $(JOBS)
@@ -36,6 +38,13 @@ debug: setup build/debug/build.ninja
 asan: setup build/asan/build.ninja
 	cmake --build build/asan -j $(JOBS)
 	scripts/test.sh build/asan
+
+# ThreadSanitizer build of the concurrency-heavy libraries, running their tests (batcher and
+# model repository stress tests included).
+tsan: setup build/tsan/build.ninja
+	cmake --build build/tsan -j $(JOBS) --target batching_test models_test
+	build/tsan/batching_test
+	build/tsan/models_test
 
 run: release
 	build/release/megaserve serve $(ARGS)

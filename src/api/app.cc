@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "api/job_routes.h"
+#include "api/model_routes.h"
 #include "api/system_routes.h"
 #include "jobs/builtin_handlers.h"
 #include "jobs/jobs_config.h"
@@ -107,6 +108,12 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
   jobs_ctx.streams = app->streams_.get();
   if (app->webhooks_) jobs_ctx.webhook_guard = &*app->webhook_guard_;
   RegisterJobRoutes(app->router_, jobs_ctx);
+
+  app->models_ = std::make_unique<models::Repository>(models::RepositoryOptions{
+      .dir = config.models.dir.empty() ? config.data_dir + "/models" : config.models.dir,
+      .cache_bytes = config.models.cache_bytes,
+      .registry = &registry});
+  RegisterModelRoutes(app->router_, {.repository = app->models_.get(), .pool = app->pool_.get()});
   return app;
 }
 

@@ -20,6 +20,7 @@
 #include "jobs/ssrf_guard.h"
 #include "jobs/webhook_dispatcher.h"
 #include "jobs/workers.h"
+#include "models/repository.h"
 #include "net/router.h"
 #include "net/server.h"
 #include "store/database.h"
@@ -54,6 +55,7 @@ class App {
   jobs::Workers& workers() { return *workers_; }
   StatusCache& status() { return *status_; }
   store::Database& database() { return *db_; }
+  models::Repository& models() { return *models_; }
 
  private:
   App(const core::Config& config, metrics::Registry& registry);
@@ -61,6 +63,7 @@ class App {
   const core::Config& config_;
   metrics::Registry& registry_;
   std::unique_ptr<store::Database> db_;
+  std::unique_ptr<models::Repository> models_;  // outlives pool_, whose tasks use it
   std::unique_ptr<core::BlockingPool> pool_;
   std::unique_ptr<jobs::JobQueue> queue_;
   std::unique_ptr<jobs::Workers> workers_;

@@ -419,6 +419,16 @@ const std::vector<KeyDef>& Keys() {
        .field = [](Config& c) -> Field { return &c.webhooks.concurrency; },
        .min = 1,
        .max = 1024},
+
+      {.name = "models.dir",
+       .help = "Model repository: one folder per model holding config.toml and its files; "
+               "empty = <data_dir>/models",
+       .field = [](Config& c) -> Field { return &c.models.dir; }},
+      {.name = "models.cache_bytes",
+       .help = "Bytes the loaded models may hold together; idle models are evicted, least "
+               "recently used first",
+       .field = [](Config& c) -> Field { return &c.models.cache_bytes; },
+       .min = 1},
   };
   return keys;
 }

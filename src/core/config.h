@@ -111,6 +111,13 @@ struct WebhooksConfig {
   bool operator==(const WebhooksConfig&) const = default;
 };
 
+struct ModelsConfig {
+  std::string dir;  // one folder per model (see models/repository.h); empty = <data_dir>/models
+  std::size_t cache_bytes = std::size_t{8} * 1024 * 1024 * 1024;  // bound on loaded models' bytes
+
+  bool operator==(const ModelsConfig&) const = default;
+};
+
 struct Config {
   std::string data_dir = "./data";  // jobs database, artifacts, models
   ServerConfig server;
@@ -120,6 +127,7 @@ struct Config {
   StoreConfig store;
   JobsConfig jobs;
   WebhooksConfig webhooks;
+  ModelsConfig models;
 
   bool operator==(const Config&) const = default;
 };

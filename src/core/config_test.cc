@@ -236,6 +236,18 @@ TEST(ConfigTest, OutOfRangeInEnvironment) {
             "MEGASERVE_SERVER_THREADS)");
 }
 
+TEST(ConfigTest, ModelsSection) {
+  TempFile file("[models]\ndir = \"/srv/models\"\ncache_bytes = \"512MiB\"\n");
+  auto loaded = LoadConfig({.file = file.path()});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(loaded->config.models.dir, "/srv/models");
+  EXPECT_EQ(loaded->config.models.cache_bytes, std::size_t{512} * 1024 * 1024);
+  EXPECT_EQ(Config{}.models.cache_bytes, std::size_t{8} * 1024 * 1024 * 1024);
+  auto zero = LoadConfig({.env = {{"MEGASERVE_MODELS_CACHE_BYTES", "0"}}});
+  ASSERT_FALSE(zero.ok());
+  EXPECT_THAT(zero.status().message(), ::testing::HasSubstr("models.cache_bytes"));
+}
+
 TEST(ConfigTest, RangesOfOtherTypes) {
   auto check = [](const std::string& key, const std::string& value, const std::string& want) {
     auto loaded = LoadConfig({.overrides = {{key, value, "flag --set"}}});

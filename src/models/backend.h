@@ -1,0 +1,45 @@
+// Model backends: the interface a loaded model implements and the factory that loads one.
+//
+// A backend is named in a model's config.toml (`backend = "echo"`); the Repository keeps one
+// factory per name (Repository::RegisterBackend) and calls it to load a model. Factories run on
+// a blocking thread and may take long (reading weights, allocating device memory).
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+#include "models/model_config.h"
+
+namespace megaserve::models {
+
+// A loaded model. Infer() may be called from several threads at once.
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  // Bytes this model holds while loaded (weights, buffers); what the repository's cache counts.
+  virtual std::size_t memory_bytes() const = 0;
+
+  // Runs one request. Input and output are JSON text.
+  virtual core::Result<std::string> Infer(std::string_view input_json) = 0;
+};
+
+// What a factory is given to load one model.
+struct ModelSpec {
+  std::string name;
+  std::string dir;  // the model's folder: config.toml and the model's files
+  ModelConfig config;
+};
+
+// Loads a model; returns it ready to serve, or why it could not be loaded.
+using BackendFactory = std::function<core::Result<std::unique_ptr<Model>>(const ModelSpec&)>;
+
+// The built-in "echo" backend: Infer() returns its input; memory is the total size of the files
+// in the model's folder. For tests and trying the server out.
+core::Result<std::unique_ptr<Model>> LoadEchoModel(const ModelSpec& spec);
+
+}  // namespace megaserve::models
