@@ -53,9 +53,10 @@ test: release
 	scripts/test.sh build/release
 
 bench: release
-	cmake --build build/release --target jobs_throughput
+	cmake --build build/release --target jobs_throughput batching_bench
 	bench/http_vs_nginx.sh
 	bench/jobs_throughput.sh
+	bench/batching.sh
 
 format:
 	clang-format -i $(SOURCES)
