@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "api/job_events.h"
+#include "api/route_helpers.h"
 #include "core/ids.h"
 #include "core/time_format.h"
 #include "jobs/builtin_handlers.h"
@@ -21,9 +22,14 @@ namespace megaserve::api {
 using net::Method;
 using net::Request;
 using net::Response;
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Writer = JsonWriter;
 
 namespace {
+
+// The blocking pool's 503 names what requests wait for here.
+void RunOffLoop(core::BlockingPool* pool, net::Reply reply, std::function<Response()> work) {
+  OffLoop(*pool, std::move(reply), std::move(work), "the store");
+}
 
 // RFC 3339 with microseconds, or null for 0.
 void WriteTime(Writer& w, int64_t micros) {
@@ -33,11 +39,6 @@ void WriteTime(Writer& w, int64_t micros) {
   }
   std::string text = core::Rfc3339(micros, /*with_micros=*/true);
   w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
-}
-
-void WriteString(Writer& w, const char* key, std::string_view v) {
-  w.Key(key);
-  w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
 }
 
 // Stored JSON goes out as JSON (not as a string); empty means null.
@@ -144,17 +145,6 @@ Response StoreError(const core::Status& s) {
     }
     default:
       return net::ErrorResponse(500, "internal", s.message());
-  }
-}
-
-// Runs work on the blocking pool and replies with its response; 503 when the pool is full.
-void OffLoop(core::BlockingPool* pool, net::Reply reply, std::function<Response()> work) {
-  auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
-  bool queued = pool->Submit([shared_reply, work = std::move(work)] { (*shared_reply)(work()); });
-  if (!queued) {
-    Response r = net::ErrorResponse(503, "overloaded", "too many requests waiting for the store");
-    r.headers.emplace_back("Retry-After", "1");
-    (*shared_reply)(std::move(r));
   }
 }
 
@@ -338,11 +328,10 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
     ParsedJob parsed = ParseNewJob(std::string(req.body), *ctx.workers, ctx.webhook_guard);
     if (parsed.error) return reply(std::move(*parsed.error));
     parsed.job.idempotency_key = std::move(key);
-    OffLoop(ctx.pool, std::move(reply), [ctx, job = std::move(parsed.job)] {
+    RunOffLoop(ctx.pool, std::move(reply), [ctx, job = std::move(parsed.job)] {
       int64_t before = core::NowMicros();
       auto created = ctx.queue->Enqueue(job);
       if (!created.ok()) return StoreError(created.status());
-      ctx.workers->Wake();
       // A replayed idempotent request gets the existing job with 200 instead of 201.
       return JobResponse(created->created_at_us >= before ? 201 : 200, *created);
     });
@@ -367,7 +356,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
     }
     std::string type(req.QueryParam("type"));
     std::string cursor(req.QueryParam("cursor"));
-    OffLoop(ctx.pool, std::move(reply), [ctx, status, limit, type, cursor] {
+    RunOffLoop(ctx.pool, std::move(reply), [ctx, status, limit, type, cursor] {
       auto page = ctx.queue->List(status, type, limit, cursor);
       if (!page.ok()) {
         if (page.status().code() == core::StatusCode::kInvalidArgument) {
@@ -402,7 +391,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
       Method::kGet, "/v1/jobs/{id}", [ctx, unknown](const Request& req, net::Reply reply) {
         std::string id(req.Param("id"));
         if (!core::IsUuid(id)) return reply(unknown(id));
-        OffLoop(ctx.pool, std::move(reply), [ctx, id, unknown] {
+        RunOffLoop(ctx.pool, std::move(reply), [ctx, id, unknown] {
           auto job = ctx.queue->Get(id);
           if (!job.ok()) {
             return job.status().code() == core::StatusCode::kNotFound ? unknown(id)
@@ -416,7 +405,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
       Method::kPost, "/v1/jobs/{id}/cancel", [ctx, unknown](const Request& req, net::Reply reply) {
         std::string id(req.Param("id"));
         if (!core::IsUuid(id)) return reply(unknown(id));
-        OffLoop(ctx.pool, std::move(reply), [ctx, id, unknown] {
+        RunOffLoop(ctx.pool, std::move(reply), [ctx, id, unknown] {
           auto job = ctx.queue->Cancel(id);
           if (!job.ok()) {
             return job.status().code() == core::StatusCode::kNotFound ? unknown(id)
@@ -438,7 +427,7 @@ void RegisterJobRoutes(net::Router& router, const JobsContext& ctx) {
                                   "Last-Event-ID"));
           }
         }
-        OffLoop(ctx.pool, std::move(reply), [ctx, id, after, unknown] {
+        RunOffLoop(ctx.pool, std::move(reply), [ctx, id, after, unknown] {
           auto job = ctx.queue->Get(id);
           if (!job.ok()) {
             return job.status().code() == core::StatusCode::kNotFound ? unknown(id)

@@ -22,7 +22,7 @@ class JobEventStreams;
 
 struct JobsContext {
   jobs::JobQueue* queue = nullptr;
-  jobs::Workers* workers = nullptr;  // knows the job types; woken after an enqueue
+  jobs::Workers* workers = nullptr;  // knows the job types (the queue wakes it on enqueue)
   core::BlockingPool* pool = nullptr;
   JobEventStreams* streams = nullptr;
   // Checks webhook URLs whose host is an IP literal when the job is created (names are checked

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string_view>
 
+#include "api/route_helpers.h"
 #include "core/config.h"
 
 namespace megaserve::api {
@@ -14,13 +15,13 @@ namespace megaserve::api {
 using net::Method;
 using net::Request;
 using net::Response;
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Writer = JsonWriter;
 
 namespace {
 
-void WriteString(Writer& w, const char* key, std::string_view v) {
-  w.Key(key);
-  w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+// The blocking pool's 503 names what requests wait for here.
+void RunOffLoop(core::BlockingPool* pool, net::Reply reply, std::function<Response()> work) {
+  OffLoop(*pool, std::move(reply), std::move(work), "a thread");
 }
 
 void WriteConfig(Writer& w, const models::ModelConfig& c) {
@@ -85,17 +86,6 @@ Response InfoResponse(const core::Result<models::ModelInfo>& info) {
   return net::JsonResponse(200, ModelJson(*info));
 }
 
-// Runs work on the blocking pool and replies with its response; 503 when the pool is full.
-void OffLoop(core::BlockingPool* pool, net::Reply reply, std::function<Response()> work) {
-  auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
-  bool queued = pool->Submit([shared_reply, work = std::move(work)] { (*shared_reply)(work()); });
-  if (!queued) {
-    Response r = net::ErrorResponse(503, "overloaded", "too many requests waiting for a thread");
-    r.headers.emplace_back("Retry-After", "1");
-    (*shared_reply)(std::move(r));
-  }
-}
-
 }  // namespace
 
 std::string ModelJson(const models::ModelInfo& info) {
@@ -123,7 +113,7 @@ std::string ModelJson(const models::ModelInfo& info) {
 
 void RegisterModelRoutes(net::Router& router, const ModelsContext& ctx) {
   router.AddAsync(Method::kGet, "/v1/models", [ctx](const Request&, net::Reply reply) {
-    OffLoop(ctx.pool, std::move(reply), [ctx] {
+    RunOffLoop(ctx.pool, std::move(reply), [ctx] {
       rapidjson::StringBuffer sb;
       Writer w(sb);
       w.StartObject();
@@ -142,7 +132,7 @@ void RegisterModelRoutes(net::Router& router, const ModelsContext& ctx) {
   });
 
   router.AddAsync(Method::kGet, "/v1/models/{name}", [ctx](const Request& req, net::Reply reply) {
-    OffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
+    RunOffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
       return InfoResponse(ctx.repository->Info(name));
     });
   });
@@ -151,7 +141,7 @@ void RegisterModelRoutes(net::Router& router, const ModelsContext& ctx) {
   // reach the API can call them; put them behind one when it exists.
   router.AddAsync(
       Method::kPost, "/v1/models/{name}/load", [ctx](const Request& req, net::Reply reply) {
-        OffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
+        RunOffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
           return InfoResponse(ctx.repository->Load(name));
         });
       });
@@ -159,7 +149,7 @@ void RegisterModelRoutes(net::Router& router, const ModelsContext& ctx) {
   // Waits for the model's requests in flight, holding a pool thread meanwhile.
   router.AddAsync(
       Method::kPost, "/v1/models/{name}/unload", [ctx](const Request& req, net::Reply reply) {
-        OffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
+        RunOffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {
           return InfoResponse(ctx.repository->Unload(name));
         });
       });

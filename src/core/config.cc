@@ -30,6 +30,8 @@
 #include <type_traits>
 #include <variant>
 
+#include "core/toml_describe.h"
+
 namespace megaserve::core {
 namespace {
 
@@ -823,38 +825,14 @@ Result<Value> FromText(const KeyDef& key, std::string_view text) {
   return Internal("unknown key type");
 }
 
-std::string_view Describe(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::table:
-      return "a table";
-    default:
-      return "nothing";
-  }
-}
-
 // Converts a TOML value into the key's type. Errors carry the position of the offending node
 // (an array element, for lists) in `where`.
 Result<Value> FromToml(const KeyDef& key, const toml::node& node, toml::source_position* where) {
   Type type = key.type();
   *where = node.source().begin;
   auto wrong = [&] {
-    return InvalidArgument(fmt::format("expected {}, got {}", Expected(type), Describe(node)));
+    return InvalidArgument(
+        fmt::format("expected {}, got {}", Expected(type), DescribeTomlNode(node)));
   };
   switch (type) {
     case Type::kString:
@@ -916,7 +894,7 @@ Result<Value> FromToml(const KeyDef& key, const toml::node& node, toml::source_p
         } else {
           *where = element.source().begin;
           return InvalidArgument(fmt::format("expected {}, got an array containing {}",
-                                             Expected(type), Describe(element)));
+                                             Expected(type), DescribeTomlNode(element)));
         }
       }
       if (type == Type::kStringList) return Value(std::move(strings));
@@ -1021,7 +999,7 @@ class Loader {
           WalkTable(*section, name);
         } else {
           file_errors_.emplace_back(at, fmt::format("{}: expected a table, got {} (from {})", name,
-                                                    Describe(node), Position(at)));
+                                                    DescribeTomlNode(node), Position(at)));
         }
       } else {
         // Point at the key itself; fall back to the value for keys toml++ gives no position.

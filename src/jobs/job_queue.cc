@@ -37,9 +37,10 @@ constexpr std::string_view kJobColumns =
     "progress_value, progress_max, progress_message, webhook_url, webhook_events, created_at, "
     "started_at, completed_at, updated_at, cancel_requested_at";
 
-// What a state change returns to append its event and webhook delivery.
+// What a state change returns to append its event and webhook delivery. Qualified, so updates
+// joining another relation with the same column names (CompleteMany) can use it too.
 constexpr std::string_view kTransitionReturning =
-    " RETURNING id, event_seq, webhook_url, webhook_events";
+    " RETURNING jobs.id, jobs.event_seq, jobs.webhook_url, jobs.webhook_events";
 
 // The guard of every write made under a lease: $1 is the id, $2 the fencing token.
 constexpr std::string_view kFenced = "id = $1 AND status = 'running' AND fencing_token = $2";
@@ -740,12 +741,7 @@ Result<std::vector<Status>> JobQueue::CompleteMany(const std::vector<Ack>& acks)
         "jobs.status = 'running' AND jobs.fencing_token = v.token";
     Params params = {PgTextArray(ids), PgTextArray(tokens), PgTextArray(outputs), now};
     PostgresTransitionParams(params, "succeeded", "", now, "completed");
-    // RETURNING names jobs' columns explicitly: v has an id too.
-    std::string sql = PostgresTransition(update, 4, "completed");
-    const std::string returning(kTransitionReturning);
-    sql.replace(sql.find(returning), returning.size(),
-                " RETURNING jobs.id, jobs.event_seq, jobs.webhook_url, jobs.webhook_events");
-    auto rows = ExecuteRetrying(sql, params);
+    auto rows = ExecuteRetrying(PostgresTransition(update, 4, "completed"), params);
     if (!rows.ok()) return rows.status();
     std::vector<std::string> done;
     for (size_t r = 0; r < rows->size(); ++r) done.push_back(rows->GetText(r, 0));

@@ -11,6 +11,8 @@
 #include <limits>
 #include <sstream>
 
+#include "core/toml_describe.h"
+
 namespace megaserve::models {
 namespace {
 
@@ -28,7 +30,8 @@ class Parser {
           config_.backend = s->get();
           have_backend = true;
         } else {
-          Problem(node, "backend", "must be a non-empty string, got " + Describe(node));
+          Problem(node, "backend",
+                  "must be a non-empty string, got " + std::string(core::DescribeTomlNode(node)));
           have_backend = true;  // reported already
         }
       } else if (name == "version") {
@@ -61,7 +64,9 @@ class Parser {
 
   void Batching(const toml::node& node) {
     const toml::table* table = node.as_table();
-    if (!table) return Problem(node, "batching", "expected a table, got " + Describe(node));
+    if (!table)
+      return Problem(node, "batching",
+                     "expected a table, got " + std::string(core::DescribeTomlNode(node)));
     BatchingConfig& b = config_.batching;
     for (const auto& [key, value] : *table) {
       std::string name = "batching." + std::string(key.str());
@@ -74,7 +79,9 @@ class Parser {
       } else if (key.str() == "max_queue_delay") {
         const auto* s = value.as_string();
         if (!s) {
-          Problem(value, name, "expected a duration string like \"5ms\", got " + Describe(value));
+          Problem(value, name,
+                  "expected a duration string like \"5ms\", got " +
+                      std::string(core::DescribeTomlNode(value)));
           continue;
         }
         auto d = core::ParseDuration(s->get());
@@ -86,7 +93,9 @@ class Parser {
       } else if (key.str() == "preferred_batch_sizes") {
         const toml::array* sizes = value.as_array();
         if (!sizes) {
-          Problem(value, name, "expected an array of integers, got " + Describe(value));
+          Problem(
+              value, name,
+              "expected an array of integers, got " + std::string(core::DescribeTomlNode(value)));
           continue;
         }
         b.preferred_batch_sizes.clear();
@@ -102,7 +111,9 @@ class Parser {
 
   void Warmup(const toml::node& node) {
     const toml::table* table = node.as_table();
-    if (!table) return Problem(node, "warmup", "expected a table, got " + Describe(node));
+    if (!table)
+      return Problem(node, "warmup",
+                     "expected a table, got " + std::string(core::DescribeTomlNode(node)));
     for (const auto& [key, value] : *table) {
       if (key.str() != "inputs") {
         Unknown(key, value, "warmup." + std::string(key.str()));
@@ -113,7 +124,8 @@ class Parser {
       } else if (value.is_table()) {
         config_.warmup_inputs.push_back(Json(value));
       } else {
-        Problem(value, "warmup.inputs", "expected a table or an array, got " + Describe(value));
+        Problem(value, "warmup.inputs",
+                "expected a table or an array, got " + std::string(core::DescribeTomlNode(value)));
       }
     }
   }
@@ -122,7 +134,7 @@ class Parser {
   bool Int(const toml::node& node, std::string_view name, int min, int* out) {
     const auto* v = node.as_integer();
     if (!v) {
-      Problem(node, name, "expected an integer, got " + Describe(node));
+      Problem(node, name, "expected an integer, got " + std::string(core::DescribeTomlNode(node)));
       return false;
     }
     std::int64_t n = v->get();
@@ -147,25 +159,6 @@ class Parser {
 
   std::string Position(const toml::source_position& at) const {
     return fmt::format("{}:{}:{}", path_, at.line, at.column);
-  }
-
-  static std::string Describe(const toml::node& node) {
-    switch (node.type()) {
-      case toml::node_type::table:
-        return "a table";
-      case toml::node_type::array:
-        return "an array";
-      case toml::node_type::string:
-        return "a string";
-      case toml::node_type::integer:
-        return "an integer";
-      case toml::node_type::floating_point:
-        return "a float";
-      case toml::node_type::boolean:
-        return "a boolean";
-      default:
-        return "a date or time";
-    }
   }
 
   // A warm-up input as compact JSON text.
