@@ -37,6 +37,15 @@ class Request {
   std::string_view remote_addr;  // peer IP address
   unsigned version = 11;         // 10 or 11
 
+  // Calls fn(name, value) for every header, in the order received.
+  template <typename Fn>
+  void ForEachHeader(Fn&& fn) const {
+    if (each_header_) {
+      each_header_(headers_, [](void* f, std::string_view n, std::string_view v) {
+        (*static_cast<Fn*>(f))(n, v);
+      }, &fn);
+    }
+  }
   // The value of a header (name case-insensitive), or "" when absent.
   std::string_view Header(std::string_view name) const { return find_header_(headers_, name); }
   // A path parameter from the route pattern ("/v1/jobs/{id}" -> Param("id")), or "" when absent.
@@ -48,9 +57,13 @@ class Request {
   void AddParam(std::string_view name, std::string_view value);
   void ClearParams() { param_count_ = 0; }
   using HeaderFinder = std::string_view (*)(const void* headers, std::string_view name);
-  void SetHeaderSource(const void* headers, HeaderFinder finder) {
+  using HeaderVisitor = void (*)(void* fn, std::string_view name, std::string_view value);
+  using HeaderEnumerator = void (*)(const void* headers, HeaderVisitor visit, void* fn);
+  void SetHeaderSource(const void* headers, HeaderFinder finder,
+                       HeaderEnumerator each = nullptr) {
     headers_ = headers;
     find_header_ = finder;
+    each_header_ = each;
   }
 
  private:
@@ -59,6 +72,7 @@ class Request {
   std::size_t param_count_ = 0;
   const void* headers_ = nullptr;
   HeaderFinder find_header_ = &NoHeaders;
+  HeaderEnumerator each_header_ = nullptr;
 };
 
 // The body of a streaming response (Server-Sent Events and the like), sent with chunked transfer
@@ -83,6 +97,8 @@ struct Response {
   int status = 200;
   // Must point at storage that outlives the response (a string literal in practice).
   std::string_view content_type = "application/json";
+  // When non-empty, sent instead of content_type (proxied and cached responses).
+  std::string owned_content_type;
   std::string body;
   // When set, sent instead of body: lets cached bodies go out without a copy.
   std::shared_ptr<const std::string> shared_body;
@@ -96,6 +112,9 @@ struct Response {
   std::function<void(std::shared_ptr<StreamWriter>)> stream;
 
   std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }
+  std::string_view ContentType() const {
+    return owned_content_type.empty() ? content_type : std::string_view(owned_content_type);
+  }
 };
 
 // The JSON error every endpoint uses:
@@ -118,5 +137,18 @@ using Reply = std::function<void(Response)>;
 // An asynchronous handler replies later (e.g. after a job store or model call). The Request stays
 // valid until reply is called.
 using AsyncHandler = std::function<void(const Request&, Reply)>;
+
+// Lets a handler that usually answers at once take the asynchronous path when it must.
+class Deferrer {
+ public:
+  // The Reply that will answer this request. Call at most once, and only while the handler runs.
+  virtual Reply Defer() = 0;
+
+ protected:
+  ~Deferrer() = default;
+};
+// A handler that answers at once by filling `out` and returning true, or calls defer.Defer()
+// before returning false and answers later through that Reply. Runs on an I/O thread.
+using HybridHandler = std::function<bool(const Request&, Response& out, Deferrer& defer)>;
 
 }  // namespace megaserve::net

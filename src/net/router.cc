@@ -63,6 +63,7 @@ void Router::Add(Method method, std::string_view pattern, SyncHandler handler) {
   Route& r = RouteFor(pattern);
   r.sync[static_cast<std::size_t>(method)] = std::move(handler);
   r.async[static_cast<std::size_t>(method)] = nullptr;
+  r.hybrid[static_cast<std::size_t>(method)] = nullptr;
   UpdateAllow(r);
 }
 
@@ -70,6 +71,15 @@ void Router::AddAsync(Method method, std::string_view pattern, AsyncHandler hand
   Route& r = RouteFor(pattern);
   r.async[static_cast<std::size_t>(method)] = std::move(handler);
   r.sync[static_cast<std::size_t>(method)] = nullptr;
+  r.hybrid[static_cast<std::size_t>(method)] = nullptr;
+  UpdateAllow(r);
+}
+
+void Router::AddHybrid(Method method, std::string_view pattern, HybridHandler handler) {
+  Route& r = RouteFor(pattern);
+  r.hybrid[static_cast<std::size_t>(method)] = std::move(handler);
+  r.sync[static_cast<std::size_t>(method)] = nullptr;
+  r.async[static_cast<std::size_t>(method)] = nullptr;
   UpdateAllow(r);
 }
 

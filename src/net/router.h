@@ -24,11 +24,12 @@ struct Route {
   std::size_t id = 0;   // dense index, 0..route_count-1
   std::array<SyncHandler, kMethodCount> sync{};
   std::array<AsyncHandler, kMethodCount> async{};
+  std::array<HybridHandler, kMethodCount> hybrid{};
   std::string allow;  // "GET, HEAD, POST": the Allow header for 405 and OPTIONS
 
   bool Handles(Method m) const {
     auto i = static_cast<std::size_t>(m);
-    return sync[i] != nullptr || async[i] != nullptr;
+    return sync[i] != nullptr || async[i] != nullptr || hybrid[i] != nullptr;
   }
 };
 
@@ -42,6 +43,8 @@ class Router {
   // Registering the same method and pattern twice replaces the earlier handler.
   void Add(Method method, std::string_view pattern, SyncHandler handler);
   void AddAsync(Method method, std::string_view pattern, AsyncHandler handler);
+  // Replaces whatever handler the method had (the gateway wraps routes in filter chains).
+  void AddHybrid(Method method, std::string_view pattern, HybridHandler handler);
 
   struct Match {
     const Route* route = nullptr;  // null: no pattern matches the path (404)

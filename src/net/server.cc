@@ -52,6 +52,12 @@ std::string_view FindHeader(const void* fields, std::string_view name) {
   return it == f.end() ? std::string_view{} : ToView(it->value());
 }
 
+void EachHeader(const void* fields, Request::HeaderVisitor visit, void* fn) {
+  for (const auto& field : *static_cast<const http::fields*>(fields)) {
+    visit(fn, ToView(field.name_string()), ToView(field.value()));
+  }
+}
+
 // A client-supplied X-Request-Id is kept when it is 1..128 characters of [A-Za-z0-9._:-].
 bool SaneRequestId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
@@ -282,7 +288,7 @@ class ConnectionStream final : public StreamWriter {
 
 // One client connection. Owned by the shared_ptrs held by its pending operations (and by a
 // pending async handler's Reply); the worker's list only points at it.
-class Connection : public std::enable_shared_from_this<Connection> {
+class Connection final : public std::enable_shared_from_this<Connection>, public Deferrer {
  public:
   enum class State { kIdle, kHead, kBody, kHandling, kWriting, kStreaming, kLingering, kClosed };
 
@@ -478,7 +484,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     req_.body = msg.body();
     req_.version = msg.version();
     req_.remote_addr = remote_;
-    req_.SetHeaderSource(&msg.base(), &FindHeader);
+    req_.SetHeaderSource(&msg.base(), &FindHeader, &EachHeader);
     std::string_view id = req_.Header("x-request-id");
     if (SaneRequestId(id)) {
       req_.request_id = id;
@@ -521,16 +527,29 @@ class Connection : public std::enable_shared_from_this<Connection> {
       Finish(h(req_));
       return true;
     }
-    Reply reply = [self = shared_from_this()](Response r) {
+    if (const auto& h = route_->hybrid[idx]) {
+      Response out;
+      if (!h(req_, out, *this)) return false;
+      Finish(out);
+      return true;
+    }
+    route_->async[idx](req_, Defer());
+    return false;
+  }
+
+ public:
+  // The Reply of the request being handled (net::Deferrer).
+  Reply Defer() override {
+    return [self = shared_from_this()](Response r) {
       asio::post(self->socket_.get_executor(), [self, r = std::move(r)]() mutable {
         if (self->state_ != State::kHandling) return;  // closed meanwhile
         self->Finish(std::move(r));
         self->Process();
       });
     };
-    route_->async[idx](req_, std::move(reply));
-    return false;
   }
+
+ private:
 
   // OPTIONS on a route: a CORS preflight when it is one, else the Allow list.
   Response Preflight() {
@@ -583,7 +602,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     out_ += worker_.Date();
     if (r.status != 204 && r.status != 304) {
       out_ += "\r\nContent-Type: ";
-      out_ += r.content_type;
+      out_ += r.ContentType();
       if (r.stream) {
         out_ += "\r\nTransfer-Encoding: chunked";
       } else {
