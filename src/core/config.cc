@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "core/config_tables.h"
 #include "core/toml_describe.h"
 
 namespace megaserve::core {
@@ -211,6 +212,19 @@ std::string CheckRetrySchedule(const Value& v) {
 }
 
 // Empty (the default SQLite file), or a URL whose scheme names a supported engine.
+std::string CheckRate(const Value& v) {
+  const auto& text = std::get<std::string>(v);
+  if (text.empty()) return "";
+  auto rate = ParseRate(text);
+  return rate.ok() ? "" : rate.status().message();
+}
+
+std::string CheckRedisUrl(const Value& v) {
+  const auto& url = std::get<std::string>(v);
+  if (url.empty() || url.starts_with("redis://")) return "";
+  return "expected a redis://[:password@]host:port[/db] URL";
+}
+
 std::string CheckStoreUrl(const Value& v) {
   const std::string& url = std::get<std::string>(v);
   if (url.empty() || url == "sqlite::memory:" || url.starts_with("sqlite://") ||
@@ -430,6 +444,58 @@ const std::vector<KeyDef>& Keys() {
        .help = "Bytes the loaded models may hold together; idle models are evicted, least "
                "recently used first",
        .field = [](Config& c) -> Field { return &c.models.cache_bytes; },
+       .min = 1},
+
+      {.name = "gateway.auth",
+       .help = "API keys: auto (optional on loopback, required elsewhere), required or optional",
+       .field = [](Config& c) -> Field { return &c.gateway.auth; },
+       .choices = {"auto", "required", "optional"}},
+      {.name = "gateway.allow_unauthenticated",
+       .help = "Allow listening on a non-loopback address while keys are optional or none exist",
+       .field = [](Config& c) -> Field { return &c.gateway.allow_unauthenticated; }},
+      {.name = "gateway.rate_limit",
+       .help = "Default rate limit per API key (per client IP when anonymous), \"N/s\", "
+               "\"N/min\", \"N/h\"; \"\" = none",
+       .field = [](Config& c) -> Field { return &c.gateway.rate_limit; },
+       .check = CheckRate},
+      {.name = "gateway.rate_limit_store",
+       .help = "Where rate-limit state lives: local (per process) or redis (shared by every "
+               "gateway; falls back to local while Redis is down)",
+       .field = [](Config& c) -> Field { return &c.gateway.rate_limit_store; },
+       .choices = {"local", "redis"}},
+      {.name = "gateway.key_cache_ttl",
+       .help = "How long a verified API key is trusted before the store is asked again "
+               "(bounds how late a revocation takes effect)",
+       .field = [](Config& c) -> Field { return &c.gateway.key_cache_ttl; },
+       .min = 10,
+       .max = 60'000},
+
+      {.name = "cache.memory_bytes",
+       .help = "Bytes the in-memory response cache (L1) may hold",
+       .field = [](Config& c) -> Field { return &c.cache.memory_bytes; },
+       .min = 0},
+      {.name = "cache.redis",
+       .help = "Use Redis (redis.url) as the shared second cache tier",
+       .field = [](Config& c) -> Field { return &c.cache.redis; }},
+      {.name = "cache.xfetch_beta",
+       .help = "Probabilistic early refresh of hot entries (XFetch beta); 0 = off",
+       .field = [](Config& c) -> Field { return &c.cache.xfetch_beta; },
+       .min = 0,
+       .max = 10},
+
+      {.name = "redis.url",
+       .help = "Redis for the shared response cache and global rate limits, "
+               "redis://[:password@]host:port[/db]; empty = none",
+       .field = [](Config& c) -> Field { return &c.redis.url; },
+       .secret = true,
+       .check = CheckRedisUrl},
+      {.name = "redis.timeout",
+       .help = "Time a Redis command may take; slower counts as an error",
+       .field = [](Config& c) -> Field { return &c.redis.timeout; },
+       .min = 1},
+      {.name = "redis.connect_timeout",
+       .help = "Time to connect to Redis",
+       .field = [](Config& c) -> Field { return &c.redis.connect_timeout; },
        .min = 1},
   };
   return keys;
@@ -987,7 +1053,11 @@ class Loader {
       std::string name =
           prefix.empty() ? std::string(toml_key.str()) : prefix + "." + std::string(toml_key.str());
       toml::source_position at = node.source().begin;
-      if (const KeyDef* key = FindKey(name)) {
+      if (prefix.empty() && (name == "routes" || name == "upstreams")) {
+        for (auto& [where, message] : ParseConfigTables(name, node, path_, loaded_.config)) {
+          file_errors_.emplace_back(where, std::move(message));
+        }
+      } else if (const KeyDef* key = FindKey(name)) {
         Result<Value> value = FromToml(*key, node, &at);
         std::string problem =
             value.ok()
@@ -1120,6 +1190,32 @@ bool SplitNumber(std::string_view text, std::uint64_t* number, std::string_view*
 }
 
 }  // namespace
+
+Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text) {
+  std::string_view trimmed = Trim(text);
+  std::size_t slash = trimmed.find('/');
+  auto bad = [&] {
+    return InvalidArgument(fmt::format(
+        "\"{}\" is not a rate; expected N/UNIT like \"600/min\", \"10/s\" or \"100/10s\"",
+        text));
+  };
+  if (slash == std::string_view::npos) return bad();
+  std::string_view count = Trim(trimmed.substr(0, slash));
+  std::string_view unit = Trim(trimmed.substr(slash + 1));
+  std::int64_t n = 0;
+  auto r = std::from_chars(count.data(), count.data() + count.size(), n);
+  if (r.ec != std::errc() || r.ptr != count.data() + count.size() || n <= 0) return bad();
+  static const std::pair<std::string_view, std::int64_t> kUnits[] = {
+      {"s", 1'000},          {"sec", 1'000},     {"second", 1'000}, {"m", 60'000},
+      {"min", 60'000},       {"minute", 60'000}, {"h", 3'600'000},  {"hour", 3'600'000},
+      {"d", 86'400'000},     {"day", 86'400'000}};
+  for (const auto& [name, ms] : kUnits) {
+    if (unit == name) return std::pair(n, Duration(ms));
+  }
+  auto period = ParseDuration(unit);
+  if (!period.ok() || period->count() <= 0) return bad();
+  return std::pair(n, *period);
+}
 
 Result<Duration> ParseDuration(std::string_view text) {
   std::string_view trimmed = Trim(text);

@@ -118,6 +118,77 @@ struct ModelsConfig {
   bool operator==(const ModelsConfig&) const = default;
 };
 
+// [gateway]: who may call, and the policy every route starts from.
+struct GatewayConfig {
+  // "auto": keys optional when server.listen is a loopback address, required otherwise;
+  // "required": every request outside the system routes needs a key; "optional": anonymous
+  // requests pass (a bad key is still refused). Routes with scope "admin" always need a key.
+  std::string auth = "auto";
+  // Allow binding a non-loopback address while auth is optional or no key exists yet.
+  bool allow_unauthenticated = false;
+  std::string rate_limit = "1200/min";  // default per key (per IP when anonymous); "" = none
+  std::string rate_limit_store = "local";  // local | redis (global across gateways)
+  Duration key_cache_ttl{500};  // how long a verified key is trusted before the store is asked
+
+  bool operator==(const GatewayConfig&) const = default;
+};
+
+// [cache]: the response cache.
+struct CacheConfig {
+  std::size_t memory_bytes = std::size_t{256} * 1024 * 1024;  // L1 budget across shards
+  bool redis = true;         // use Redis (redis.url) as the shared L2 tier when configured
+  double xfetch_beta = 1.0;  // probabilistic early refresh; 0 = off
+
+  bool operator==(const CacheConfig&) const = default;
+};
+
+// [redis]: the shared cache and rate-limit store; optional.
+struct RedisConfig {
+  std::string url;               // secret; redis://[:password@]host:port/db; empty = no Redis
+  Duration timeout{250};         // per command; a slower Redis counts as down
+  Duration connect_timeout{1'000};
+
+  bool operator==(const RedisConfig&) const = default;
+};
+
+// One [[routes]] table: the gateway policy of a route pattern (see gateway/route_policy.h).
+struct RouteConfig {
+  std::string pattern = "*";  // exact route pattern, a prefix ending in '*', or "*" for all
+  std::string route;          // the route pattern a policy was applied to (set by the gateway)
+  std::vector<std::string> filters;  // in order; names of gateway filters
+  std::string scope;                 // required API-key scope; "" = any valid key
+  // Rate limit: `rate_limit` requests per `rate_period`, bursts up to the whole limit;
+  // 0 = unlimited. -1 = gateway.rate_limit.
+  std::int64_t rate_limit = -1;
+  Duration rate_period{60'000};
+  Duration cache_ttl{0};  // 0 = not cached
+  Duration stale_while_revalidate{0};
+  Duration stale_if_error{0};
+  bool cache_post = false;        // POST responses are cacheable, keyed by body too
+  std::vector<std::string> vary;  // request headers (lower case) that select a variant
+  std::string upstream;           // [[upstreams]] name; "" = served in-process
+  Duration timeout{30'000};
+  std::string origin;  // "file:line" of the table, or "default"
+
+  bool operator==(const RouteConfig&) const = default;
+};
+
+// One [[upstreams]] table: a named group of equivalent worker services.
+struct UpstreamConfig {
+  std::string name;
+  std::vector<std::string> targets;       // base URLs: "http://10.0.0.5:8081"
+  std::string balance = "least_request";  // or "round_robin"
+  std::string health_path = "/readyz";
+  Duration health_interval{5'000};
+  Duration health_timeout{1'000};
+  int eject_after_5xx = 5;         // consecutive 5xx responses before a target is ejected
+  Duration base_ejection{30'000};  // first ejection length; doubles for each repeat
+  double retry_budget = 0.2;       // retries allowed as a fraction of requests in flight
+  int min_retries = 3;             // retries always allowed regardless of the budget
+
+  bool operator==(const UpstreamConfig&) const = default;
+};
+
 struct Config {
   std::string data_dir = "./data";  // jobs database, artifacts, models
   ServerConfig server;
@@ -128,6 +199,11 @@ struct Config {
   JobsConfig jobs;
   WebhooksConfig webhooks;
   ModelsConfig models;
+  GatewayConfig gateway;
+  CacheConfig cache;
+  RedisConfig redis;
+  std::vector<RouteConfig> routes;        // [[routes]] tables, in file order
+  std::vector<UpstreamConfig> upstreams;  // [[upstreams]] tables
 
   bool operator==(const Config&) const = default;
 };
@@ -186,6 +262,9 @@ Result<std::pair<std::string, unsigned short>> ParseListen(std::string_view text
 // The URL with any password replaced by "********": the userinfo password of
 // "scheme://user:password@host/..." and a "password=" query parameter. Other text is unchanged.
 std::string RedactUrlPassword(std::string_view url);
+
+// Parses a rate "N/UNIT" (UNIT: s, min, h, d, or a duration like "10s") into N and the period.
+Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text);
 
 // Formats a duration in the largest unit that divides it exactly: "1h", "2m", "10s", "250ms".
 std::string FormatDuration(Duration d);

@@ -949,6 +949,15 @@ Server::~Server() {
 }
 
 core::Status Server::Start() {
+  if (workers_.empty()) {
+    if (auto s = Bind(); !s.ok()) return s;
+  }
+  for (auto& w : workers_) threads_.emplace_back([worker = w.get()] { worker->Run(); });
+  return core::Status::Ok();
+}
+
+core::Status Server::Bind() {
+  if (!workers_.empty()) return core::Status::Ok();
   auto listen = core::ParseListen(config_.server.listen);
   if (!listen.ok()) return listen.status();
   auto [host, port] = *listen;
@@ -979,7 +988,6 @@ core::Status Server::Start() {
     workers_.push_back(std::move(w));
   }
   port_ = port;
-  for (auto& w : workers_) threads_.emplace_back([worker = w.get()] { worker->Run(); });
   return core::Status::Ok();
 }
 

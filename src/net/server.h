@@ -51,6 +51,10 @@ class Server {
   // address cannot be bound.
   core::Status Start();
 
+  // Binds the listeners and creates the I/O loops (loops()) without running them, so clients
+  // can be attached to the loops before the first request. Start() calls it when needed.
+  core::Status Bind();
+
   // The bound port (useful with port 0).
   unsigned short port() const { return port_; }
 
