@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/time_format.h"
+#include "gateway/api_keys.h"
 #include "jobs/builtin_handlers.h"
 #include "jobs/job_queue.h"
 #include "jobs/jobs_config.h"
@@ -75,7 +76,7 @@ int Fail(const core::Status& s) {
   return 2;
 }
 
-int Serve(const ConfigFlags& flags) {
+int Serve(const ConfigFlags& flags, api::Role role) {
   auto started = std::chrono::steady_clock::now();
   auto loaded = flags.Load();
   if (!loaded.ok()) return Fail(loaded.status());
@@ -104,15 +105,15 @@ int Serve(const ConfigFlags& flags) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto app = api::App::Create(config, registry);
+  auto app = api::App::Create(config, registry, role);
   if (!app.ok()) return Fail(app.status());
   if (auto s = (*app)->Start(); !s.ok()) return Fail(s);
   net::Server& server = (*app)->server();
   double ready_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-  spdlog::info("megaserve {} listening on {} (port {}, {} I/O threads), ready in {:.1f} ms",
-               build::kVersion, config.server.listen, server.port(), server.loops().size(),
-               ready_ms);
+  spdlog::info("megaserve {} {} listening on {} (port {}, {} I/O threads), ready in {:.1f} ms",
+               build::kVersion, role == api::Role::kServe ? "serve" : "gateway",
+               config.server.listen, server.port(), server.loops().size(), ready_ms);
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -207,6 +208,80 @@ int Migrate(const ConfigFlags& flags, bool status_only) {
   return 0;
 }
 
+// `megaserve keys create|list|revoke`: API keys in the configured store.
+struct KeyFlags {
+  std::string name;
+  std::string scopes;
+  std::int64_t quota = 0;
+  bool json = false;
+  bool quiet = false;
+  std::string id;
+};
+
+int Keys(const ConfigFlags& flags, const KeyFlags& k, bool create, bool list, bool revoke) {
+  auto loaded = flags.Load();
+  if (!loaded.ok()) return Fail(loaded.status());
+  const core::Config& config = loaded->config;
+  std::error_code ec;
+  std::filesystem::create_directories(config.data_dir, ec);
+  core::LogConfig quiet_log = config.log;
+  quiet_log.level = "warn";  // migrations applied on the way are not worth a line here
+  if (auto s = core::InitLogging(quiet_log); !s.ok()) return Fail(s);
+  auto db = store::OpenConfiguredStore(config);
+  if (!db.ok()) return Fail(db.status());
+  gateway::ApiKeyStore store(**db);
+  auto when = [](std::int64_t us) { return us == 0 ? std::string("-") : core::Rfc3339(us); };
+  if (create) {
+    auto scopes = gateway::ParseScopes(k.scopes);
+    if (!scopes.ok()) return Fail(scopes.status());
+    auto created = store.Create(k.name, *scopes, k.quota);
+    if (!created.ok()) return Fail(created.status());
+    if (k.quiet) {
+      std::printf("%s\n", created->token.c_str());
+    } else if (k.json) {
+      std::printf("%s\n", created->key.ToJson(created->token).c_str());
+    } else {
+      std::printf(
+          "created key %s (\"%s\", scopes %s, quota %s)\n\n  %s\n\n"
+          "This is the only time the key is shown: only its hash is stored.\n"
+          "Send it as \"Authorization: Bearer <key>\".\n",
+          created->key.id.c_str(), created->key.name.c_str(),
+          gateway::FormatScopes(created->key.scopes).c_str(),
+          created->key.quota > 0 ? (std::to_string(created->key.quota) + "/min").c_str()
+                                 : "route default",
+          created->token.c_str());
+    }
+    return 0;
+  }
+  if (list) {
+    auto keys = store.List();
+    if (!keys.ok()) return Fail(keys.status());
+    if (k.json) {
+      std::string out = "[";
+      for (const auto& key : *keys) out += (out.size() > 1 ? "," : "") + key.ToJson();
+      std::printf("%s]\n", out.c_str());
+      return 0;
+    }
+    std::printf("%-14s %-20s %-32s %-10s %-21s %-21s %s\n", "ID", "NAME", "SCOPES", "QUOTA",
+                "CREATED", "LAST USED", "REVOKED");
+    for (const auto& key : *keys) {
+      std::printf("%-14s %-20s %-32s %-10s %-21s %-21s %s\n", key.id.c_str(), key.name.c_str(),
+                  gateway::FormatScopes(key.scopes).c_str(),
+                  key.quota > 0 ? (std::to_string(key.quota) + "/min").c_str() : "default",
+                  when(key.created_at).c_str(), when(key.last_used_at).c_str(),
+                  when(key.revoked_at).c_str());
+    }
+    return 0;
+  }
+  if (revoke) {
+    auto key = store.Revoke(k.id);
+    if (!key.ok()) return Fail(key.status());
+    std::printf("revoked key %s (\"%s\"); gateways refuse it within %lld ms\n", key->id.c_str(),
+                key->name.c_str(), static_cast<long long>(config.gateway.key_cache_ttl.count()));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -220,6 +295,12 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand(
       "serve", "Run every role in one process: HTTP API, job store, workers, metrics.");
   flags.AddTo(serve);
+
+  auto* gateway_cmd = app.add_subcommand(
+      "gateway",
+      "Run the gateway alone: auth, rate limits, the response cache, and the [[routes]] that name "
+      "an [[upstreams]] group proxied to worker services.");
+  flags.AddTo(gateway_cmd);
 
   auto* migrate = app.add_subcommand(
       "migrate", "Apply pending database migrations to store.url, or list them with --status.");
@@ -251,6 +332,30 @@ int main(int argc, char** argv) {
   flags.AddTo(print);
   auto* keys = config->add_subcommand("keys", "List every configuration key with its type.");
 
+  KeyFlags key_flags;
+  auto* api_keys = app.add_subcommand("keys", "Manage API keys (stored hashed in the job store).");
+  api_keys->require_subcommand(1);
+  auto* key_create = api_keys->add_subcommand(
+      "create", "Create a key and print it once (only its hash is stored).");
+  flags.AddTo(key_create);
+  key_create->add_option("--name", key_flags.name, "label for the key")->required();
+  key_create
+      ->add_option("--scopes", key_flags.scopes,
+                   "comma-separated: images, videos, forecasts, jobs, admin")
+      ->required();
+  key_create
+      ->add_option("--quota", key_flags.quota,
+                   "requests per minute for this key (default: the route's limit)")
+      ->check(CLI::NonNegativeNumber);
+  key_create->add_flag("--json", key_flags.json, "print the key record as JSON");
+  key_create->add_flag("--quiet", key_flags.quiet, "print only the key");
+  auto* key_list = api_keys->add_subcommand("list", "List keys (never their secrets).");
+  flags.AddTo(key_list);
+  key_list->add_flag("--json", key_flags.json, "print JSON");
+  auto* key_revoke = api_keys->add_subcommand("revoke", "Revoke a key by id.");
+  flags.AddTo(key_revoke);
+  key_revoke->add_option("id", key_flags.id, "the key's id (from keys list)")->required();
+
   auto* webhooks = app.add_subcommand("webhooks", "Webhook tools.");
   webhooks->require_subcommand(1);
   auto* new_secret = webhooks->add_subcommand(
@@ -258,9 +363,13 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (*serve) return Serve(flags);
+  if (*serve) return Serve(flags, api::Role::kServe);
+  if (*gateway_cmd) return Serve(flags, api::Role::kGateway);
   if (*worker) return Work(flags, worker_queue, worker_concurrency);
   if (*migrate) return Migrate(flags, migrate_status);
+  if (*api_keys) {
+    return Keys(flags, key_flags, key_create->parsed(), key_list->parsed(), key_revoke->parsed());
+  }
   if (*version) {
     std::printf("megaserve %s (commit %s, %s build, %s)\n", build::kVersion, build::kGitCommit,
                 build::kBuildType, build::kCompiler);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "api/job_routes.h"
+#include "api/key_routes.h"
 #include "api/model_routes.h"
 #include "api/system_routes.h"
 #include "jobs/builtin_handlers.h"
@@ -47,14 +48,15 @@ core::Result<jobs::WebhookDispatcherOptions> WebhookOptions(const core::Config& 
 
 }  // namespace
 
-App::App(const core::Config& config, metrics::Registry& registry)
-    : config_(config), registry_(registry) {}
+App::App(const core::Config& config, metrics::Registry& registry, Role role)
+    : config_(config), registry_(registry), role_(role) {}
 
 App::~App() { Shutdown(); }
 
 core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
-                                               metrics::Registry& registry) {
-  std::unique_ptr<App> app(new App(config, registry));
+                                               metrics::Registry& registry, Role role) {
+  std::unique_ptr<App> app(new App(config, registry, role));
+  bool serve = role == Role::kServe;
   auto webhooks = WebhookOptions(config);
   if (!webhooks.ok()) return webhooks.status();
   auto guard = jobs::SsrfGuard::Create(webhooks->ssrf);
@@ -65,19 +67,22 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
   auto db = store::OpenConfiguredStore(config);
   if (!db.ok()) return db.status();
   app->db_ = std::move(*db);
+  app->keys_ = std::make_unique<gateway::ApiKeyStore>(*app->db_);
   app->pool_ = std::make_unique<core::BlockingPool>("store", kPoolThreads, kPoolQueue);
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  app->queue_ = std::make_unique<jobs::JobQueue>(*app->db_,
-                                                 std::string(host) + ":" + std::to_string(getpid()),
-                                                 jobs::QueueOptionsFromConfig(config));
-  // Heartbeats also deliver cancellations (jobs.heartbeat, 1 s by default, rather than a third
-  // of the lease), so a cancel reaches a running handler quickly.
-  app->workers_ =
-      std::make_unique<jobs::Workers>(*app->queue_, jobs::WorkersOptionsFromConfig(config));
-  jobs::RegisterBuiltinHandlers(*app->workers_);
-  app->streams_ = std::make_unique<JobEventStreams>(*app->queue_);
-  if (webhooks->secret) {
+  if (serve) {
+    app->queue_ = std::make_unique<jobs::JobQueue>(
+        *app->db_, std::string(host) + ":" + std::to_string(getpid()),
+        jobs::QueueOptionsFromConfig(config));
+    // Heartbeats also deliver cancellations (jobs.heartbeat, 1 s by default, rather than a
+    // third of the lease), so a cancel reaches a running handler quickly.
+    app->workers_ =
+        std::make_unique<jobs::Workers>(*app->queue_, jobs::WorkersOptionsFromConfig(config));
+    jobs::RegisterBuiltinHandlers(*app->workers_);
+    app->streams_ = std::make_unique<JobEventStreams>(*app->queue_);
+  }
+  if (serve && webhooks->secret) {
     auto dispatcher = jobs::WebhookDispatcher::Create(*app->db_, *app->queue_, std::move(*webhooks),
                                                       JobJson, registry);
     if (!dispatcher.ok()) return dispatcher.status();
@@ -85,7 +90,8 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
   }
 
   StatusInfo info;
-  info.roles = {"api", "jobs", "worker"};
+  info.roles = serve ? std::vector<std::string>{"api", "jobs", "worker", "gateway"}
+                     : std::vector<std::string>{"gateway"};
   info.config = &config;
   info.router = &app->router_;
   info.io_threads = config.server.threads > 0 ? unsigned(config.server.threads)
@@ -100,6 +106,22 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
   sys.ready = [raw] { return raw->server_ && raw->server_->ready(); };
   sys.draining = [raw] { return raw->server_ && raw->server_->draining(); };
   RegisterSystemRoutes(app->router_, sys);
+
+  RegisterKeyRoutes(app->router_, {.store = app->keys_.get(), .pool = app->pool_.get()});
+  if (!serve) {
+    // Proxied routes: placeholders now (the server sizes its per-route metrics from the routes
+    // registered before it is built); the gateway's chains replace them in Start().
+    for (const core::RouteConfig& route : config.routes) {
+      if (route.upstream.empty() || route.pattern.find('*') != std::string::npos) continue;
+      for (net::Method m : {net::Method::kGet, net::Method::kPost, net::Method::kPut,
+                            net::Method::kDelete, net::Method::kPatch}) {
+        app->router_.Add(m, route.pattern, [](const net::Request&) {
+          return net::ErrorResponse(502, "no_upstream", "this route has no upstream");
+        });
+      }
+    }
+    return app;
+  }
 
   JobsContext jobs_ctx;
   jobs_ctx.queue = app->queue_.get();
@@ -119,9 +141,27 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
 
 core::Status App::Start() {
   server_ = std::make_unique<net::Server>(config_, router_, registry_);
+  if (auto s = server_->Bind(); !s.ok()) return s;
+  auto gateway = gateway::Gateway::Create({.config = &config_,
+                                           .registry = &registry_,
+                                           .keys = keys_.get(),
+                                           .pool = pool_.get(),
+                                           .loops = server_->loops(),
+                                           .proxy = role_ == Role::kGateway});
+  if (!gateway.ok()) return gateway.status();
+  gateway_ = std::move(*gateway);
+  if (auto s = gateway_->Install(router_); !s.ok()) return s;
+  if (models_) {
+    // Model metadata is cached (an hour by default): a state change drops its entries.
+    models_->OnChange([gw = gateway_.get()](std::string_view name) {
+      gw->Invalidate("/v1/models", "/v1/models");
+      gw->Invalidate("/v1/models/{name}", "/v1/models/" + std::string(name));
+    });
+  }
+  gateway_->Start();
   if (auto s = server_->Start(); !s.ok()) return s;
   // With jobs.concurrency 0 the API only enqueues; megaserve worker processes run the jobs.
-  if (config_.jobs.concurrency > 0) workers_->Start();
+  if (workers_ && config_.jobs.concurrency > 0) workers_->Start();
   if (webhooks_) webhooks_->Start();
   started_ = true;
   server_->set_ready(true);
@@ -132,6 +172,7 @@ void App::Shutdown() {
   if (stopped_) return;
   stopped_ = true;
   if (server_) server_->Shutdown();
+  if (gateway_) gateway_->Stop();
   if (streams_) streams_->Stop();
   if (workers_ && started_) workers_->Stop(config_.server.drain_timeout);
   if (webhooks_) webhooks_->Stop(config_.server.drain_timeout);

@@ -16,6 +16,8 @@
 #include "api/status.h"
 #include "core/blocking_pool.h"
 #include "core/config.h"
+#include "gateway/api_keys.h"
+#include "gateway/gateway.h"
 #include "jobs/job_queue.h"
 #include "jobs/ssrf_guard.h"
 #include "jobs/webhook_dispatcher.h"
@@ -31,12 +33,17 @@ class Registry;
 
 namespace megaserve::api {
 
+// What a process runs: `serve` (every role) or `gateway` (the gateway alone: system and admin
+// routes, and the [[routes]] that name an upstream, proxied; no job workers or models).
+enum class Role { kServe, kGateway };
+
 class App {
  public:
   // Opens the store and builds everything; nothing listens yet. `config` and `registry` must
   // outlive the App.
   static core::Result<std::unique_ptr<App>> Create(const core::Config& config,
-                                                   metrics::Registry& registry);
+                                                   metrics::Registry& registry,
+                                                   Role role = Role::kServe);
   ~App();                    // Shuts down if still running.
   App(const App&) = delete;  // No copying allowed.
   App& operator=(const App&) = delete;
@@ -44,7 +51,9 @@ class App {
   // Routes may be added here until Start().
   net::Router& router() { return router_; }
 
-  // Starts the workers and the HTTP server, then reports ready.
+  // Binds the HTTP server, builds the gateway around the routes (which may refuse an unsafe
+  // setup, see gateway::ResolveKeysRequired), starts the workers and the server, then reports
+  // ready.
   core::Status Start();
 
   // Graceful shutdown (see the top of this file). Idempotent.
@@ -56,13 +65,17 @@ class App {
   StatusCache& status() { return *status_; }
   store::Database& database() { return *db_; }
   models::Repository& models() { return *models_; }
+  gateway::ApiKeyStore& keys() { return *keys_; }
+  gateway::Gateway& gateway() { return *gateway_; }
 
  private:
-  App(const core::Config& config, metrics::Registry& registry);
+  App(const core::Config& config, metrics::Registry& registry, Role role);
 
   const core::Config& config_;
   metrics::Registry& registry_;
+  Role role_;
   std::unique_ptr<store::Database> db_;
+  std::unique_ptr<gateway::ApiKeyStore> keys_;
   std::unique_ptr<models::Repository> models_;  // outlives pool_, whose tasks use it
   std::unique_ptr<core::BlockingPool> pool_;
   std::unique_ptr<jobs::JobQueue> queue_;
@@ -73,6 +86,7 @@ class App {
   net::Router router_;
   std::unique_ptr<StatusCache> status_;
   std::unique_ptr<net::Server> server_;
+  std::unique_ptr<gateway::Gateway> gateway_;  // uses the server's loops: destroyed first
   bool started_ = false;
   bool stopped_ = false;
 };

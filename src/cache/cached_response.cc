@@ -54,7 +54,8 @@ class Reader {
 
 std::size_t CachedResponse::Bytes() const {
   std::size_t n = sizeof(CachedResponse) + body.size() + content_type.size();
-  for (const auto& [name, value] : headers) n += name.size() + value.size() + 2 * sizeof(std::string);
+  for (const auto& [name, value] : headers)
+    n += name.size() + value.size() + 2 * sizeof(std::string);
   return n;
 }
 

@@ -25,6 +25,9 @@ class RemoteCache {
 
   // Stores `entry` under `key` until entry->DiscardAtMs(). Fire and forget; safe from any thread.
   virtual void Put(const CacheKey& key, std::shared_ptr<const CachedResponse> entry) = 0;
+
+  // Deletes the entry under `key`, if any. Fire and forget; safe from any thread.
+  virtual void Erase(const CacheKey& key) = 0;
 };
 
 }  // namespace megaserve::cache

@@ -1196,8 +1196,7 @@ Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text) {
   std::size_t slash = trimmed.find('/');
   auto bad = [&] {
     return InvalidArgument(fmt::format(
-        "\"{}\" is not a rate; expected N/UNIT like \"600/min\", \"10/s\" or \"100/10s\"",
-        text));
+        "\"{}\" is not a rate; expected N/UNIT like \"600/min\", \"10/s\" or \"100/10s\"", text));
   };
   if (slash == std::string_view::npos) return bad();
   std::string_view count = Trim(trimmed.substr(0, slash));
@@ -1206,9 +1205,9 @@ Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text) {
   auto r = std::from_chars(count.data(), count.data() + count.size(), n);
   if (r.ec != std::errc() || r.ptr != count.data() + count.size() || n <= 0) return bad();
   static const std::pair<std::string_view, std::int64_t> kUnits[] = {
-      {"s", 1'000},          {"sec", 1'000},     {"second", 1'000}, {"m", 60'000},
-      {"min", 60'000},       {"minute", 60'000}, {"h", 3'600'000},  {"hour", 3'600'000},
-      {"d", 86'400'000},     {"day", 86'400'000}};
+      {"s", 1'000},      {"sec", 1'000},     {"second", 1'000}, {"m", 60'000},
+      {"min", 60'000},   {"minute", 60'000}, {"h", 3'600'000},  {"hour", 3'600'000},
+      {"d", 86'400'000}, {"day", 86'400'000}};
   for (const auto& [name, ms] : kUnits) {
     if (unit == name) return std::pair(n, Duration(ms));
   }

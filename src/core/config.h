@@ -122,11 +122,11 @@ struct ModelsConfig {
 struct GatewayConfig {
   // "auto": keys optional when server.listen is a loopback address, required otherwise;
   // "required": every request outside the system routes needs a key; "optional": anonymous
-  // requests pass (a bad key is still refused). Routes with scope "admin" always need a key.
+  // requests pass (a bad key is still refused).
   std::string auth = "auto";
   // Allow binding a non-loopback address while auth is optional or no key exists yet.
   bool allow_unauthenticated = false;
-  std::string rate_limit = "1200/min";  // default per key (per IP when anonymous); "" = none
+  std::string rate_limit = "1200/min";     // default per key (per IP when anonymous); "" = none
   std::string rate_limit_store = "local";  // local | redis (global across gateways)
   Duration key_cache_ttl{500};  // how long a verified key is trusted before the store is asked
 
@@ -144,8 +144,8 @@ struct CacheConfig {
 
 // [redis]: the shared cache and rate-limit store; optional.
 struct RedisConfig {
-  std::string url;               // secret; redis://[:password@]host:port/db; empty = no Redis
-  Duration timeout{250};         // per command; a slower Redis counts as down
+  std::string url;        // secret; redis://[:password@]host:port/db; empty = no Redis
+  Duration timeout{250};  // per command; a slower Redis counts as down
   Duration connect_timeout{1'000};
 
   bool operator==(const RedisConfig&) const = default;
@@ -170,6 +170,9 @@ struct RouteConfig {
   Duration timeout{30'000};
   std::string origin;  // "file:line" of the table, or "default"
 
+  // The route pattern for metrics labels and cache keys: `route` once set, else `pattern`.
+  const std::string& RouteLabel() const { return route.empty() ? pattern : route; }
+
   bool operator==(const RouteConfig&) const = default;
 };
 
@@ -182,7 +185,7 @@ struct UpstreamConfig {
   Duration health_interval{5'000};
   Duration health_timeout{1'000};
   int eject_after_5xx = 5;         // consecutive 5xx responses before a target is ejected
-  Duration base_ejection{30'000};  // first ejection length; doubles for each repeat
+  Duration base_ejection{30'000};  // ejection length, times the number of ejections so far
   double retry_budget = 0.2;       // retries allowed as a fraction of requests in flight
   int min_retries = 3;             // retries always allowed regardless of the budget
 

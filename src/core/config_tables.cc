@@ -38,7 +38,9 @@ class TableReader {
       out.clear();
       for (const toml::node& e : *a) {
         auto v = e.value<std::string>();
-        if (!v) return "expected an array of strings, got an element that is " + std::string(DescribeTomlNode(e));
+        if (!v)
+          return "expected an array of strings, got an element that is " +
+                 std::string(DescribeTomlNode(e));
         out.push_back(*v);
       }
       return "";
@@ -56,7 +58,8 @@ class TableReader {
   void Int(std::string_view key, int& out, int min, int max) {
     With(key, [&](const toml::node& n) -> std::string {
       auto v = n.value<std::int64_t>();
-      if (!v || !n.is_integer()) return "expected an integer, got " + std::string(DescribeTomlNode(n));
+      if (!v || !n.is_integer())
+        return "expected an integer, got " + std::string(DescribeTomlNode(n));
       if (*v < min || *v > max) return fmt::format("must be between {} and {}", min, max);
       out = static_cast<int>(*v);
       return "";
@@ -79,7 +82,8 @@ class TableReader {
       } else if (auto text = n.value<std::string>()) {
         d = ParseDuration(*text);
       } else {
-        return "expected a duration (a string like \"10s\"), got " + std::string(DescribeTomlNode(n));
+        return "expected a duration (a string like \"10s\"), got " +
+               std::string(DescribeTomlNode(n));
       }
       if (!d.ok()) return d.status().message();
       if (d->count() < 0 || (positive && d->count() == 0)) return "must be positive";
@@ -180,8 +184,8 @@ void ReadRoute(const toml::table& t, std::size_t index, const std::string& path,
   config.routes.push_back(std::move(route));
 }
 
-void ReadUpstream(const toml::table& t, std::size_t index, const std::string& path,
-                  Config& config, Problems& problems) {
+void ReadUpstream(const toml::table& t, std::size_t index, const std::string& path, Config& config,
+                  Problems& problems) {
   TableReader r(t, fmt::format("upstreams[{}]", index), path, problems);
   UpstreamConfig u;
   r.String("name", u.name);
@@ -220,9 +224,9 @@ std::vector<std::pair<toml::source_position, std::string>> ParseConfigTables(
   const toml::array* array = node.as_array();
   if (!array || !array->is_array_of_tables()) {
     toml::source_position at = node.source().begin;
-    problems.emplace_back(at, fmt::format("{}: expected [[{}]] tables, got {} (from {}:{}:{})",
-                                          name, name, DescribeTomlNode(node), path, at.line,
-                                          at.column));
+    problems.emplace_back(
+        at, fmt::format("{}: expected [[{}]] tables, got {} (from {}:{}:{})", name, name,
+                        DescribeTomlNode(node), path, at.line, at.column));
     return problems;
   }
   for (std::size_t i = 0; i < array->size(); ++i) {

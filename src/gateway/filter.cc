@@ -32,7 +32,8 @@ struct OwnedRequest {
     request.target = target;
     std::size_t q = target.find('?');
     request.path = std::string_view(target).substr(0, q);
-    request.query = q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
+    request.query =
+        q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
     request.body = body;
     request.request_id = request_id;
     request.remote_addr = remote_addr;
@@ -186,8 +187,8 @@ void Chain::RunOrigin(Exchange& ex) {
     return;
   }
   if (!async_) {
-    ex.Respond(net::ErrorResponse(502, "no_origin", "route " + policy_.pattern +
-                                                        " has no handler or upstream"));
+    ex.Respond(net::ErrorResponse(502, "no_origin",
+                                  "route " + policy_.pattern + " has no handler or upstream"));
     return;
   }
   ex.Suspend();

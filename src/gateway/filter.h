@@ -31,10 +31,10 @@ class Exchange;
 
 // Who is calling, as the auth filter established it.
 struct Identity {
-  std::string key_id;           // "" = anonymous
-  std::string key_name;         // the key's label, for logs
-  std::uint32_t scopes = 0;     // bit set of Scope (gateway/api_keys.h)
-  std::int64_t quota = 0;       // the key's own requests per minute; 0 = the route's limit
+  std::string key_id;        // "" = anonymous
+  std::string key_name;      // the key's label, for logs
+  std::uint32_t scopes = 0;  // bit set of Scope (gateway/api_keys.h)
+  std::int64_t quota = 0;    // the key's own requests per minute; 0 = the route's limit
 };
 
 class Filter {
@@ -96,8 +96,8 @@ class Exchange {
   Identity identity_;
   std::vector<std::pair<std::string, std::string>> extra_headers_;
   std::vector<std::shared_ptr<void>> states_;  // one per filter
-  std::size_t position_ = 0;  // filter running now (filters().size() = the origin)
-  std::size_t stop_at_ = 0;   // OnResponse runs for positions >= stop_at_
+  std::size_t position_ = 0;                   // filter running now (filters().size() = the origin)
+  std::size_t stop_at_ = 0;                    // OnResponse runs for positions >= stop_at_
   // Synchronous path: the response goes to *out_; after Suspend, to reply_.
   net::Response* out_ = nullptr;
   net::Deferrer* defer_ = nullptr;

@@ -51,9 +51,8 @@ std::vector<RoutePolicy> DefaultPolicies() {
 std::vector<RoutePolicy> EffectivePolicies(const core::Config& config) {
   std::vector<RoutePolicy> policies = DefaultPolicies();
   for (const RoutePolicy& configured : config.routes) {
-    auto same = std::find_if(policies.begin(), policies.end(), [&](const RoutePolicy& p) {
-      return p.pattern == configured.pattern;
-    });
+    auto same = std::find_if(policies.begin(), policies.end(),
+                             [&](const RoutePolicy& p) { return p.pattern == configured.pattern; });
     if (same != policies.end()) {
       *same = configured;
     } else {

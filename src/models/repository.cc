@@ -165,6 +165,7 @@ core::Status Repository::LoadLocked(std::unique_lock<std::mutex>& lock, Entry& e
   attempt = std::make_shared<Attempt>();
   entry.attempt = attempt;
   if (!entry.current) entry.state = ModelState::kLoading;
+  Changed(entry.name);
   lock.unlock();
   RunLoad(entry, attempt);
   lock.lock();
@@ -242,6 +243,7 @@ void Repository::RunLoad(Entry& entry, const std::shared_ptr<Attempt>& attempt) 
     attempt->status = status;
     attempt->done = true;
     entry.attempt.reset();
+    Changed(entry.name);
     cv_.notify_all();
   }
   CountLoad(entry.name, status.ok());
@@ -264,8 +266,18 @@ bool Repository::MakeRoomLocked(const Entry& loading, std::size_t bytes,
     evicted.push_back(std::move(victim->current));
     victim->state = ModelState::kUnavailable;
     SetMemoryGauge(victim->name, 0);
+    Changed(victim->name);
   }
   return true;
+}
+
+void Repository::OnChange(std::function<void(std::string_view name)> listener) {
+  std::lock_guard lock(mu_);
+  on_change_ = std::move(listener);
+}
+
+void Repository::Changed(std::string_view name) {
+  if (on_change_) on_change_(name);
 }
 
 core::Result<ModelInfo> Repository::Unload(std::string_view name) {
@@ -282,6 +294,7 @@ core::Result<ModelInfo> Repository::Unload(std::string_view name) {
   }
   if (!entry->current) return InfoLocked(*entry);
   entry->state = ModelState::kUnloading;
+  Changed(entry->name);
   std::shared_ptr<ModelHandle::Loaded> target = entry->current;
   // Versions swapped out earlier hold no cache bytes; only the serving one is waited for.
   cv_.wait(lock, [&] { return target->in_flight == 0; });
@@ -289,6 +302,7 @@ core::Result<ModelInfo> Repository::Unload(std::string_view name) {
   entry->current.reset();
   entry->state = ModelState::kUnavailable;
   SetMemoryGauge(entry->name, 0);
+  Changed(entry->name);
   ModelInfo info = InfoLocked(*entry);
   lock.unlock();
   target.reset();  // the model is destroyed here, outside the lock

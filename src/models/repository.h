@@ -28,6 +28,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -133,6 +134,11 @@ class Repository {
   // Waits until every handle on the model is released, then unloads it. New Acquires fail with
   // Unavailable meanwhile. Unloading a model that is not loaded succeeds. Errors: NotFound;
   // FailedPrecondition while the model is loading or already unloading.
+  // Sets fn(name), called whenever a model's state changes (loading, ready, failed, evicted,
+  // unloading, unloaded): caches of model metadata drop their entries. Runs with the
+  // repository's lock held, so it must not call back into the repository.
+  void OnChange(std::function<void(std::string_view name)> listener);
+
   core::Result<ModelInfo> Unload(std::string_view name);
 
   // Every model in the folder, by name; reads the folder.
@@ -171,7 +177,9 @@ class Repository {
   metrics::Family<metrics::Gauge>* memory_bytes_ = nullptr;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // a load finished, or a handle was released
+  std::function<void(std::string_view)> on_change_;  // guarded by mu_
+  void Changed(std::string_view name);               // with mu_ held
+  std::condition_variable cv_;                       // a load finished, or a handle was released
   std::map<std::string, BackendFactory, std::less<>> backends_;         // guarded by mu_
   std::map<std::string, std::unique_ptr<Entry>, std::less<>> entries_;  // guarded by mu_
   std::size_t cached_bytes_ = 0;                                        // guarded by mu_

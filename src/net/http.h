@@ -41,9 +41,10 @@ class Request {
   template <typename Fn>
   void ForEachHeader(Fn&& fn) const {
     if (each_header_) {
-      each_header_(headers_, [](void* f, std::string_view n, std::string_view v) {
-        (*static_cast<Fn*>(f))(n, v);
-      }, &fn);
+      each_header_(
+          headers_,
+          [](void* f, std::string_view n, std::string_view v) { (*static_cast<Fn*>(f))(n, v); },
+          &fn);
     }
   }
   // The value of a header (name case-insensitive), or "" when absent.
@@ -59,8 +60,7 @@ class Request {
   using HeaderFinder = std::string_view (*)(const void* headers, std::string_view name);
   using HeaderVisitor = void (*)(void* fn, std::string_view name, std::string_view value);
   using HeaderEnumerator = void (*)(const void* headers, HeaderVisitor visit, void* fn);
-  void SetHeaderSource(const void* headers, HeaderFinder finder,
-                       HeaderEnumerator each = nullptr) {
+  void SetHeaderSource(const void* headers, HeaderFinder finder, HeaderEnumerator each = nullptr) {
     headers_ = headers;
     find_header_ = finder;
     each_header_ = each;

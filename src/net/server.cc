@@ -550,7 +550,6 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
   }
 
  private:
-
   // OPTIONS on a route: a CORS preflight when it is one, else the Allow list.
   Response Preflight() {
     Response r;

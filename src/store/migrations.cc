@@ -176,6 +176,24 @@ ALTER TABLE job_events DROP CONSTRAINT job_events_job_id_fkey;
 )sql";
 #undef MEGASERVE_JOBS_V2_COMMON
 
+// Migration 3: API keys. Only a SHA-256 of each key's secret is stored (secret_hash, 64 hex
+// digits; see gateway/api_keys.h), never the secret. scopes is a comma-separated list
+// ("images,jobs"); quota is the key's own requests per minute (0 = the route's limit). Times are
+// unix microseconds; revoked_at is set once and never cleared.
+// The same SQL serves both engines.
+constexpr std::string_view kApiKeys = R"sql(
+CREATE TABLE api_keys (
+  id TEXT PRIMARY KEY NOT NULL,
+  name TEXT NOT NULL,
+  secret_hash TEXT NOT NULL,
+  scopes TEXT NOT NULL DEFAULT '',
+  quota BIGINT NOT NULL DEFAULT 0 CHECK (quota >= 0),
+  created_at BIGINT NOT NULL,
+  last_used_at BIGINT,
+  revoked_at BIGINT
+);
+)sql";
+
 constexpr std::string_view kCreateTable =
     "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT "
     "NULL, applied_at BIGINT NOT NULL)";
@@ -236,6 +254,7 @@ const std::vector<Migration>& Migrations() {
        .name = "queue_hot_path_and_webhook_endpoints",
        .sqlite_sql = kJobsV2Sqlite,
        .postgres_sql = kJobsV2Postgres},
+      {.version = 3, .name = "api_keys", .sqlite_sql = kApiKeys, .postgres_sql = kApiKeys},
   };
   return migrations;
 }

@@ -219,6 +219,37 @@ TEST_P(StoreMigrationsTest, EventCounterAndCancelColumnAreBackfilled) {
   EXPECT_EQ(endpoints->GetInt(0, 0), 0);
 }
 
+// Migration 3 adds api_keys: ids are unique, a name and hash are required, quotas are not
+// negative, and the optional columns start NULL.
+TEST_P(StoreMigrationsTest, ApiKeysTableEnforcesItsConstraints) {
+  ASSERT_TRUE(Migrate(*db_).ok());
+  auto last = MigrationStatus(*db_);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->back().version, 3);
+  EXPECT_EQ(last->back().name, "api_keys");
+  const char* insert =
+      "INSERT INTO api_keys (id, name, secret_hash, scopes, quota, created_at) VALUES ($1, $2, $3, "
+      "'jobs', $4, 1)";
+  auto ok = db_->Execute(
+      insert, {std::string("abcdefghijkl"), std::string("k"), std::string(64, 'a'), int64_t{0}});
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  auto dup = db_->Execute(
+      insert, {std::string("abcdefghijkl"), std::string("k2"), std::string(64, 'b'), int64_t{0}});
+  EXPECT_EQ(dup.status().code(), StatusCode::kAlreadyExists);
+  auto negative = db_->Execute(
+      insert, {std::string("bbbbbbbbbbbb"), std::string("k3"), std::string(64, 'c'), int64_t{-1}});
+  EXPECT_EQ(negative.status().code(), StatusCode::kFailedPrecondition);
+  auto no_name = db_->Execute(
+      insert, {std::string("cccccccccccc"), store::Value{}, std::string(64, 'c'), int64_t{0}});
+  EXPECT_EQ(no_name.status().code(), StatusCode::kFailedPrecondition);
+  auto row = db_->Execute("SELECT quota, last_used_at, revoked_at FROM api_keys");
+  ASSERT_TRUE(row.ok());
+  ASSERT_EQ(row->size(), 1u);
+  EXPECT_EQ(row->GetInt(0, 0), 0);
+  EXPECT_TRUE(row->IsNull(0, 1));
+  EXPECT_TRUE(row->IsNull(0, 2));
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, StoreMigrationsTest,
                          ::testing::Values(Engine::kSqlite, Engine::kPostgres),
                          [](const ::testing::TestParamInfo<Engine>& info) {

@@ -3,18 +3,24 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "api/app.h"
 #include "core/config.h"
@@ -221,6 +227,84 @@ class TestServer {
  private:
   core::Config config_;
   std::unique_ptr<api::App> app_;
+};
+
+// The megaserve binary under test (MEGASERVE_BINARY, set by ctest).
+inline std::string Binary() {
+  const char* b = std::getenv("MEGASERVE_BINARY");
+  return b ? b : "megaserve";
+}
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// A child megaserve process with stdout and stderr going to files.
+class Process {
+ public:
+  Process(std::vector<std::string> args, std::vector<std::string> env = {}) {
+    static int counter = 0;
+    out_ = ::testing::TempDir() + "/megaserve_" + std::to_string(getpid()) + "_" +
+           std::to_string(++counter);
+    pid_ = fork();
+    if (pid_ == 0) {
+      int o = open((out_ + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      int e = open((out_ + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      dup2(o, 1);
+      dup2(e, 2);
+      for (auto& kv : env) putenv(kv.data());
+      std::vector<char*> argv;
+      std::string bin = Binary();
+      argv.push_back(bin.data());
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits for exit; returns the exit code, or -1 on timeout, 128+N for signal N.
+  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return -1;
+  }
+
+  // Waits until stderr says the server is ready and returns its port (0 on failure).
+  unsigned short WaitReady(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::regex re("listening on \\S+ \\(port (\\d+)");
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::smatch m;
+      std::string err = Stderr();
+      if (std::regex_search(err, m, re)) return static_cast<unsigned short>(std::stoi(m[1]));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return 0;
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+  std::string Stdout() const { return ReadFile(out_ + ".out"); }
+  std::string Stderr() const { return ReadFile(out_ + ".err"); }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string out_;
 };
 
 }  // namespace megaserve::testing

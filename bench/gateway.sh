@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The gateway's policies at speed, against nginx, all in one run on one machine:
+#   plain     megaserve serve, GET /v1/status with no filters on the route
+#   auth+L1   the same route behind auth (a real API key), a GCRA rate limit and the response
+#             cache: every request is an authenticated, rate-limited L1 hit
+#   L2        as auth+L1, with the in-memory tier off (cache.memory_bytes = 0): every request is
+#             a Redis hit
+#   static    nginx serving the auth+L1 body as a static file
+#   proxy     megaserve gateway proxying to a keep-alive upstream (an nginx static server)
+#   nginx-px  nginx proxy_pass (upstream keepalive) to the same upstream
+# wrk -t1 -cCONNECTIONS alternates between them ROUNDS times; medians and ratios are printed with
+# the acceptance targets.
+#   bench/gateway.sh [BINARY]      (default build/release/megaserve)
+# Environment: ROUNDS (3), DURATION (5s), CONNECTIONS (64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-build/release/megaserve}
+rounds=${ROUNDS:-3}
+duration=${DURATION:-5s}
+conns=${CONNECTIONS:-64}
+for tool in wrk nginx curl redis-server; do
+  command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+[[ -x $bin ]] || { echo "missing $bin: run make" >&2; exit 1; }
+
+tmp=$(mktemp -d -t megaserve-gw-bench.XXXXXX)
+chmod 755 "$tmp"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ -f $tmp/redis.pid ]] && kill "$(cat "$tmp/redis.pid")" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+source scripts/lib/throwaway.sh
+
+# --- Redis --------------------------------------------------------------------------------------
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --dir "$tmp" --save '' --appendonly no \
+  --daemonize yes --pidfile "$tmp/redis.pid" --logfile "$tmp/redis.log"
+for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+# --- megaserve instances --------------------------------------------------------------------------
+start() {  # name port config-file subcommand
+  local name=$1 port=$2 conf=$3 cmd=${4:-serve}
+  MEGASERVE_LOG_ACCESS=false "$bin" "$cmd" --config "$conf" --listen "127.0.0.1:$port" \
+    --data-dir "$tmp/$name" 2>"$tmp/$name.log" &
+  pids+=("$!")
+  local pid=$!
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
+    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; exit 1; }
+    sleep 0.01
+  done
+}
+
+cat > "$tmp/plain.toml" <<CONF
+[[routes]]
+pattern = "/v1/status"
+filters = []
+CONF
+cat > "$tmp/auth.toml" <<CONF
+[gateway]
+auth = "required"
+[[routes]]
+pattern = "/v1/status"
+filters = ["auth", "rate_limit", "cache"]
+cache_ttl = "1h"
+rate_limit = "1000000000/s"
+CONF
+cat "$tmp/auth.toml" - > "$tmp/l2.toml" <<CONF
+[cache]
+memory_bytes = 0
+[redis]
+url = "redis://127.0.0.1:$rport/0"
+CONF
+
+mkdir -p "$tmp/auth" "$tmp/l2"
+key=$("$bin" keys create --data-dir "$tmp/auth" --name bench --scopes jobs --quiet)
+key2=$("$bin" keys create --data-dir "$tmp/l2" --name bench --scopes jobs --quiet)
+pport=$(free_port); aport=$(free_port); lport=$(free_port)
+start plain "$pport" "$tmp/plain.toml"
+start auth "$aport" "$tmp/auth.toml"
+start l2 "$lport" "$tmp/l2.toml"
+
+# --- nginx: static file, upstream, proxy_pass ----------------------------------------------------
+mkdir -p "$tmp/www/static"
+curl -sf -H "Authorization: Bearer $key" "http://127.0.0.1:$aport/v1/status" > "$tmp/www/status.json"
+cp "$tmp/www/status.json" "$tmp/www/static/status.json"
+chmod -R a+rX "$tmp/www"
+body_bytes=$(stat -c %s "$tmp/www/status.json")
+sport=$(free_port); uport=$(free_port); xport=$(free_port)
+cat > "$tmp/nginx.conf" <<CONF
+worker_processes 2;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  default_type application/json;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$uport; keepalive 64; }
+  server { listen 127.0.0.1:$sport reuseport; root $tmp/www; }
+  server { listen 127.0.0.1:$uport reuseport; root $tmp/www; }
+  server {
+    listen 127.0.0.1:$xport reuseport;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+"$nginx_bin" -e "$tmp/nginx-error.log" -p "$tmp" -c "$tmp/nginx.conf" -g 'daemon off;' &
+pids+=("$!")
+until curl -sf -o /dev/null "http://127.0.0.1:$xport/static/status.json"; do sleep 0.01; done
+
+cat > "$tmp/gateway.toml" <<CONF
+[[upstreams]]
+name = "backend"
+targets = ["http://127.0.0.1:$uport"]
+health_path = "/status.json"
+[[routes]]
+pattern = "/static/{file}"
+filters = ["proxy"]
+upstream = "backend"
+CONF
+gport=$(free_port)
+start gateway "$gport" "$tmp/gateway.toml" gateway
+
+# --- runs ----------------------------------------------------------------------------------------
+run_wrk() {  # url [header] -> requests/s
+  local url=$1; shift
+  wrk -t1 -c"$conns" -d"$duration" "$@" "$url" | awk '/^Requests\/sec:/ {print $2}'
+}
+check() {  # name url [header]: the body must be a 200 with the expected bytes
+  local name=$1 url=$2; shift 2
+  local code
+  code=$(curl -s -o "$tmp/check.out" -w '%{http_code}' "$@" "$url")
+  [[ $code == 200 ]] || { echo "$name: HTTP $code from $url: $(cat "$tmp/check.out")" >&2; exit 1; }
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+names=(plain auth+L1 L2 static proxy nginx-px)
+urls=("http://127.0.0.1:$pport/v1/status" "http://127.0.0.1:$aport/v1/status"
+      "http://127.0.0.1:$lport/v1/status" "http://127.0.0.1:$sport/status.json"
+      "http://127.0.0.1:$gport/static/status.json" "http://127.0.0.1:$xport/static/status.json")
+headers=("" "Authorization: Bearer $key" "Authorization: Bearer $key2" "" "" "")
+declare -A results
+for i in "${!names[@]}"; do
+  args=(); [[ -n ${headers[$i]} ]] && args=(-H "${headers[$i]}")
+  check "${names[$i]}" "${urls[$i]}" "${args[@]}"
+  wrk -t1 -c"$conns" -d1s "${args[@]}" "${urls[$i]}" >/dev/null   # warm-up
+done
+l2_hits_before=$(curl -s "http://127.0.0.1:$lport/metrics" | awk '/^megaserve_cache_requests_total\{.*result="l2_hit"/ {s += $2} END {print s + 0}')
+
+echo "body: $body_bytes bytes; access logs off; wrk -t1 -c$conns -d$duration; $rounds rounds; $(nproc) cores"
+printf '%-6s %-10s %12s\n' round target "requests/s"
+for r in $(seq "$rounds"); do
+  for i in "${!names[@]}"; do
+    args=(); [[ -n ${headers[$i]} ]] && args=(-H "${headers[$i]}")
+    rps=$(run_wrk "${urls[$i]}" "${args[@]}")
+    results[${names[$i]}]+="$rps "
+    printf '%-6s %-10s %12s\n' "$r" "${names[$i]}" "$rps"
+  done
+done
+l2_hits_after=$(curl -s "http://127.0.0.1:$lport/metrics" | awk '/^megaserve_cache_requests_total\{.*result="l2_hit"/ {s += $2} END {print s + 0}')
+
+declare -A med
+for n in "${names[@]}"; do
+  # shellcheck disable=SC2086
+  med[$n]=$(median ${results[$n]})
+done
+echo
+echo "medians (requests/s): $(for n in "${names[@]}"; do printf '%s %s  ' "$n" "${med[$n]}"; done)"
+echo "auth+L1 / plain:     $(ratio "${med[auth+L1]}" "${med[plain]}")x (target >= 0.90x)"
+echo "auth+L1 / static:    $(ratio "${med[auth+L1]}" "${med[static]}")x (target >= 1.00x)"
+echo "L2 / static:         $(ratio "${med[L2]}" "${med[static]}")x (target >= 0.50x)"
+echo "proxy / nginx-px:    $(ratio "${med[proxy]}" "${med[nginx-px]}")x (target >= 0.50x)"
+echo "L2 instance served $((l2_hits_after - l2_hits_before)) Redis hits during the runs"

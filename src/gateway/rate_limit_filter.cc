@@ -1,0 +1,124 @@
+#include "gateway/rate_limit_filter.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cache/redis_gcra.h"
+#include "metrics/registry.h"
+
+namespace megaserve::gateway {
+namespace {
+
+std::int64_t NowMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Seconds rounded up, for Retry-After and the t parameter.
+std::int64_t CeilSeconds(std::int64_t ms) { return ms <= 0 ? 0 : (ms + 999) / 1000; }
+
+}  // namespace
+
+cache::GcraResult LocalRateLimiter::Check(std::uint64_t caller, std::int64_t limit, Duration period,
+                                          std::int64_t now_us) {
+  Shard& shard = shards_[caller % kShards];
+  std::lock_guard lock(shard.mu);
+  if (shard.tat_us.size() > kSweepAbove) {
+    std::erase_if(shard.tat_us, [now_us](const auto& entry) { return entry.second <= now_us; });
+  }
+  std::int64_t& tat = shard.tat_us[caller];
+  return cache::GcraStep(tat, now_us, limit, period.count() * 1000);
+}
+
+RateLimitFilter::RateLimitFilter(Options options) : options_(options) {
+  if (options_.redis) redis_ = std::make_unique<cache::RedisGcra>(*options_.redis);
+  if (options_.registry) {
+    auto& decisions = options_.registry->AddCounter(
+        "megaserve_ratelimit_requests_total", "Rate-limit checks by result (allowed or limited).",
+        {"result"});
+    allowed_ = &decisions.WithLabels({"allowed"});
+    limited_ = &decisions.WithLabels({"limited"});
+    fallbacks_ = &options_.registry
+                      ->AddCounter("megaserve_ratelimit_fallbacks_total",
+                                   "Global rate-limit checks answered by the local buckets "
+                                   "because Redis was unreachable.")
+                      .WithLabels({});
+  }
+}
+
+RateLimitFilter::~RateLimitFilter() = default;
+
+void RateLimitFilter::OnRequest(Exchange& ex) {
+  const RoutePolicy& policy = ex.policy();
+  const Identity& who = ex.identity();
+  if (policy.rate_limit == 0) return ex.Next();  // the route is not limited
+  std::int64_t limit = policy.rate_limit < 0 ? options_.default_limit : policy.rate_limit;
+  Duration period = policy.rate_limit < 0 ? options_.default_period : policy.rate_period;
+  if (who.quota > 0) {
+    limit = who.quota;
+    period = Duration(60'000);
+  }
+  if (limit <= 0) return ex.Next();
+
+  // The bucket: caller and policy, hashed together (no allocation on the hot path).
+  std::string_view who_id = who.key_id.empty() ? ex.request().remote_addr : who.key_id;
+  char buf[512];
+  std::size_t n = 0;
+  auto put = [&](std::string_view part) {
+    std::size_t take = std::min(part.size(), sizeof buf - n);
+    std::memcpy(buf + n, part.data(), take);
+    n += take;
+  };
+  put(who.key_id.empty() ? "i" : "k");
+  put(who_id);
+  put(std::string_view("\0", 1));
+  put(policy.pattern);
+  std::uint64_t caller = XXH3_64bits(buf, n);
+
+  if (!redis_) {
+    return Decide(ex, local_.Check(caller, limit, period, NowMicros()), limit, period);
+  }
+  ex.Suspend();
+  char key[24];
+  int len = std::snprintf(key, sizeof key, "%016llx", static_cast<unsigned long long>(caller));
+  redis_->Check(std::string_view(key, n), limit, period,
+                [this, &ex, caller, limit, period](core::Result<cache::GcraResult> r) {
+                  if (r.ok()) return Decide(ex, *r, limit, period);
+                  if (fallbacks_) fallbacks_->Inc();
+                  Decide(ex, local_.Check(caller, limit, period, NowMicros()), limit, period);
+                });
+}
+
+void RateLimitFilter::Decide(Exchange& ex, const cache::GcraResult& r, std::int64_t limit,
+                             Duration period) {
+  std::int64_t window = std::max<std::int64_t>(1, CeilSeconds(period.count()));
+  std::string policy_header =
+      "\"default\";q=" + std::to_string(limit) + ";w=" + std::to_string(window);
+  std::string state_header =
+      "\"default\";r=" + std::to_string(std::max<std::int64_t>(0, r.remaining)) +
+      ";t=" + std::to_string(CeilSeconds(r.reset_ms));
+  if (r.allowed) {
+    if (allowed_) allowed_->Inc();
+    ex.AddResponseHeader("RateLimit-Policy", std::move(policy_header));
+    ex.AddResponseHeader("RateLimit", std::move(state_header));
+    return ex.Next();
+  }
+  if (limited_) limited_->Inc();
+  std::int64_t retry = std::max<std::int64_t>(1, CeilSeconds(r.retry_after_ms));
+  net::Response response = net::ErrorResponse(
+      429, "rate_limited",
+      "rate limit of " + std::to_string(limit) + " requests per " + std::to_string(window) +
+          " s exceeded; retry in " + std::to_string(retry) + " s");
+  response.headers.emplace_back("Retry-After", std::to_string(retry));
+  response.headers.emplace_back("RateLimit-Policy", std::move(policy_header));
+  response.headers.emplace_back("RateLimit", std::move(state_header));
+  ex.Respond(std::move(response));
+}
+
+}  // namespace megaserve::gateway
