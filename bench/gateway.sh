@@ -24,13 +24,16 @@ done
 [[ -x $bin ]] || { echo "missing $bin: run make" >&2; exit 1; }
 
 tmp=$(mktemp -d -t megaserve-gw-bench.XXXXXX)
+rport=
 chmod 755 "$tmp"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [[ -f $tmp/redis.pid ]] && kill "$(cat "$tmp/redis.pid")" 2>/dev/null
-  rm -rf "$tmp"
+  if [[ -f $tmp/redis.pid ]]; then
+    redis-cli -p "$rport" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$tmp/redis.pid")" 2>/dev/null
+  fi
+  for _ in $(seq 50); do rm -rf "$tmp" 2>/dev/null && break; sleep 0.1; done
 }
 trap cleanup EXIT
 source scripts/lib/throwaway.sh

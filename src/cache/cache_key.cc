@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <vector>
 
 namespace megaserve::cache {
@@ -62,15 +63,67 @@ void WithSortedPieces(std::string_view query, Fn&& fn) {
   }
 }
 
-void HashLength(XXH3_state_t* state, std::uint64_t n) {
+// Where the key's bytes go: one-shot hashing of a stack buffer for the usual small request,
+// the streaming state otherwise. Both see the same byte sequence, so they give the same key.
+class BufferSink {
+ public:
+  void Put(const void* data, std::size_t n) {
+    std::memcpy(buf_ + size_, data, n);
+    size_ += n;
+  }
+  XXH128_hash_t Digest() const { return XXH3_128bits(buf_, size_); }
+  static constexpr std::size_t kCapacity = 2048;
+
+ private:
+  unsigned char buf_[kCapacity];
+  std::size_t size_ = 0;
+};
+
+class StateSink {
+ public:
+  StateSink() { XXH3_128bits_reset(&state_); }
+  void Put(const void* data, std::size_t n) { XXH3_128bits_update(&state_, data, n); }
+  XXH128_hash_t Digest() { return XXH3_128bits_digest(&state_); }
+
+ private:
+  XXH3_state_t state_;
+};
+
+template <typename Sink>
+void PutLength(Sink& sink, std::uint64_t n) {
   unsigned char bytes[8];
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(n >> (8 * i));
-  XXH3_128bits_update(state, bytes, sizeof bytes);
+  sink.Put(bytes, sizeof bytes);
 }
 
-void HashPart(XXH3_state_t* state, std::string_view part) {
-  HashLength(state, part.size());
-  XXH3_128bits_update(state, part.data(), part.size());
+template <typename Sink>
+void PutPart(Sink& sink, std::string_view part) {
+  PutLength(sink, part.size());
+  sink.Put(part.data(), part.size());
+}
+
+// Every part, each length-prefixed; the query's pieces in sorted order.
+template <typename Sink>
+XXH128_hash_t HashParts(Sink& sink, const KeyParts& parts) {
+  PutPart(sink, parts.method);
+  PutPart(sink, parts.route);
+  PutPart(sink, parts.path);
+  WithSortedPieces(parts.query, [&](std::span<const std::string_view> pieces) {
+    std::size_t length = pieces.empty() ? 0 : pieces.size() - 1;  // the '&' separators
+    for (std::string_view piece : pieces) length += piece.size();
+    PutLength(sink, length);
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      if (i > 0) sink.Put("&", 1);
+      sink.Put(pieces[i].data(), pieces[i].size());
+    }
+  });
+  PutPart(sink, parts.body);
+  PutLength(sink, parts.vary.size());
+  for (const auto& [name, value] : parts.vary) {
+    PutPart(sink, name);
+    PutPart(sink, value);
+  }
+  return sink.Digest();
 }
 
 }  // namespace
@@ -86,27 +139,18 @@ std::string CacheKey::Hex() const {
 }
 
 CacheKey MakeCacheKey(const KeyParts& parts) {
-  XXH3_state_t state;
-  XXH3_128bits_reset(&state);
-  HashPart(&state, parts.method);
-  HashPart(&state, parts.route);
-  HashPart(&state, parts.path);
-  WithSortedPieces(parts.query, [&](std::span<const std::string_view> pieces) {
-    std::size_t length = pieces.empty() ? 0 : pieces.size() - 1;  // the '&' separators
-    for (std::string_view piece : pieces) length += piece.size();
-    HashLength(&state, length);
-    for (std::size_t i = 0; i < pieces.size(); ++i) {
-      if (i > 0) XXH3_128bits_update(&state, "&", 1);
-      XXH3_128bits_update(&state, pieces[i].data(), pieces[i].size());
-    }
-  });
-  HashPart(&state, parts.body);
-  HashLength(&state, parts.vary.size());
-  for (const auto& [name, value] : parts.vary) {
-    HashPart(&state, name);
-    HashPart(&state, value);
+  // An upper bound of the bytes fed (8-byte lengths, the query's pieces and their separators).
+  std::size_t bytes = 8 * 6 + parts.method.size() + parts.route.size() + parts.path.size() +
+                      parts.query.size() + parts.body.size();
+  for (const auto& [name, value] : parts.vary) bytes += 16 + name.size() + value.size();
+  XXH128_hash_t h;
+  if (bytes <= BufferSink::kCapacity) {
+    BufferSink sink;
+    h = HashParts(sink, parts);
+  } else {
+    StateSink sink;
+    h = HashParts(sink, parts);
   }
-  XXH128_hash_t h = XXH3_128bits_digest(&state);
   return CacheKey{h.high64, h.low64};
 }
 

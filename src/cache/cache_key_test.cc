@@ -1,6 +1,7 @@
 #include "cache/cache_key.h"
 
 #include <gtest/gtest.h>
+#include <xxhash.h>
 
 #include <set>
 #include <string>
@@ -117,6 +118,40 @@ TEST(CacheKeyTest, HexIs32LowercaseDigitsHighHalfFirst) {
   std::string hex = MakeCacheKey(Parts()).Hex();
   ASSERT_EQ(hex.size(), 32u);
   for (char c : hex) EXPECT_TRUE((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) << hex;
+}
+
+}  // namespace
+}  // namespace megaserve::cache
+
+namespace megaserve::cache {
+namespace {
+
+// The key is XXH3-128 of the documented byte sequence, whichever way it is fed (a stack buffer
+// for small requests, the streaming state for large bodies), so processes agree on L2 keys.
+std::string Serialized(std::string_view method, std::string_view route, std::string_view path,
+                       std::string_view query, std::string_view body) {
+  std::string out;
+  auto length = [&out](std::uint64_t n) {
+    for (int i = 0; i < 8; ++i) out += static_cast<char>(n >> (8 * i));
+  };
+  for (std::string_view part : {method, route, path, query, body}) {
+    length(part.size());
+    out += part;
+  }
+  length(0);  // no vary headers
+  return out;
+}
+
+TEST(MakeCacheKeyTest, SmallAndLargeInputsHashTheSameByteSequence) {
+  for (std::size_t body_size : {std::size_t{10}, std::size_t{5000}}) {
+    std::string body(body_size, 'b');
+    KeyParts parts{.method = "POST", .route = "/r", .path = "/r", .query = "a=1", .body = body};
+    std::string bytes = Serialized("POST", "/r", "/r", "a=1", body);
+    XXH128_hash_t expected = XXH3_128bits(bytes.data(), bytes.size());
+    CacheKey key = MakeCacheKey(parts);
+    EXPECT_EQ(key.high, expected.high64) << body_size;
+    EXPECT_EQ(key.low, expected.low64) << body_size;
+  }
 }
 
 }  // namespace

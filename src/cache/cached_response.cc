@@ -53,10 +53,21 @@ class Reader {
 }  // namespace
 
 std::size_t CachedResponse::Bytes() const {
-  std::size_t n = sizeof(CachedResponse) + body.size() + content_type.size();
+  std::size_t n = sizeof(CachedResponse) + body.size() + content_type.size() + header_lines.size();
   for (const auto& [name, value] : headers)
     n += name.size() + value.size() + 2 * sizeof(std::string);
   return n;
+}
+
+std::string CachedResponse::HeaderLines() const {
+  std::string out;
+  for (const auto& [name, value] : headers) {
+    out += "\r\n";
+    out += name;
+    out += ": ";
+    out += value;
+  }
+  return out;
 }
 
 std::int64_t CachedResponse::DiscardAtMs() const {
@@ -104,6 +115,7 @@ std::optional<CachedResponse> DecodeCachedResponse(std::string_view bytes) {
     if (!in.String(name) || !in.String(value)) return std::nullopt;
   }
   if (!in.String(r.body) || !in.done()) return std::nullopt;
+  r.header_lines = r.HeaderLines();
   return r;
 }
 

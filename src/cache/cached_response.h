@@ -20,6 +20,9 @@ struct CachedResponse {
   std::string content_type;
   // Replayed with every hit (e.g. Cache-Control); never hop-by-hop or per-request headers.
   std::vector<std::pair<std::string, std::string>> headers;
+  // `headers` written out as "\r\nName: value" lines (net::Response::header_lines); filled by
+  // DecodeCachedResponse and by whoever builds an entry, with HeaderLines(). Not encoded.
+  std::string header_lines;
   std::string body;
   std::int64_t stored_at_ms = 0;  // when the origin produced it
   std::int64_t ttl_ms = 0;        // fresh for this long
@@ -34,6 +37,8 @@ struct CachedResponse {
   bool FreshAt(std::int64_t now_ms) const { return now_ms < stored_at_ms + ttl_ms; }
   // Age header value in whole seconds (RFC 9111 section 5.1), never negative.
   std::int64_t AgeSeconds(std::int64_t now_ms) const;
+  // `headers` as "\r\nName: value" lines.
+  std::string HeaderLines() const;
 };
 
 // A compact binary form for L2; Decode returns nullopt on anything malformed or from another

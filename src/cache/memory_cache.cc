@@ -1,6 +1,9 @@
 #include "cache/memory_cache.h"
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <shared_mutex>
 #include <utility>
 
 namespace megaserve::cache {
@@ -11,13 +14,16 @@ struct MemoryCache::Node {
   CacheKey key;
   std::shared_ptr<const CachedResponse> entry;
   std::size_t bytes = 0;
-  bool visited = false;
+  // Set by readers under the shared lock, hence atomic; cleared by the hand under the exclusive
+  // one.
+  std::atomic<bool> visited{false};
   Node* newer = nullptr;
   Node* older = nullptr;
 };
 
 struct MemoryCache::Shard {
-  std::mutex mu;
+  // Hits take it shared (a hot key is read by every I/O thread at once); changes take it alone.
+  std::shared_mutex mu;
   std::unordered_map<CacheKey, Node, CacheKeyHash> index;  // guarded by mu; nodes are stable
   Node* head = nullptr;                                    // newest
   Node* tail = nullptr;                                    // oldest
@@ -51,26 +57,36 @@ void MemoryCache::Remove(Shard& shard, Node* node) {
 
 std::shared_ptr<const CachedResponse> MemoryCache::Get(const CacheKey& key, std::int64_t now_ms) {
   Shard& shard = ShardFor(key);
-  std::lock_guard lock(shard.mu);
-  auto it = shard.index.find(key);
-  if (it == shard.index.end()) return nullptr;
-  Node& node = it->second;
-  if (now_ms >= node.entry->DiscardAtMs()) {
-    Remove(shard, &node);
-    return nullptr;
+  {
+    std::shared_lock lock(shard.mu);
+    auto it = shard.index.find(key);
+    if (it == shard.index.end()) return nullptr;
+    Node& node = it->second;
+    if (now_ms < node.entry->DiscardAtMs()) {
+      if (!node.visited.load(std::memory_order_relaxed)) {
+        node.visited.store(true, std::memory_order_relaxed);
+      }
+      return node.entry;
+    }
   }
-  node.visited = true;
-  return node.entry;
+  // Expired: remove it, unless it was replaced meanwhile.
+  std::unique_lock lock(shard.mu);
+  auto it = shard.index.find(key);
+  if (it != shard.index.end() && now_ms >= it->second.entry->DiscardAtMs()) {
+    Remove(shard, &it->second);
+  }
+  return nullptr;
 }
 
 void MemoryCache::Put(const CacheKey& key, std::shared_ptr<const CachedResponse> entry) {
   if (!entry) return;
   const std::size_t size = entry->Bytes();
   Shard& shard = ShardFor(key);
-  std::lock_guard lock(shard.mu);
+  std::unique_lock lock(shard.mu);
   bool visited = false;
   if (auto it = shard.index.find(key); it != shard.index.end()) {
-    visited = it->second.visited;  // a refreshed entry keeps its popularity
+    visited = it->second.visited.load(
+        std::memory_order_relaxed);  // a refreshed entry keeps its popularity
     Remove(shard, &it->second);
   }
   if (size > shard_budget_) return;
@@ -78,8 +94,8 @@ void MemoryCache::Put(const CacheKey& key, std::shared_ptr<const CachedResponse>
   // SIEVE eviction: the hand skips (and clears) visited entries, evicts the first unvisited one.
   while (shard.bytes + size > shard_budget_ && shard.tail != nullptr) {
     Node* victim = shard.hand ? shard.hand : shard.tail;
-    while (victim->visited) {
-      victim->visited = false;
+    while (victim->visited.load(std::memory_order_relaxed)) {
+      victim->visited.store(false, std::memory_order_relaxed);
       victim = victim->newer ? victim->newer : shard.tail;
     }
     shard.hand = victim->newer;
@@ -92,7 +108,7 @@ void MemoryCache::Put(const CacheKey& key, std::shared_ptr<const CachedResponse>
   node.key = key;
   node.entry = std::move(entry);
   node.bytes = size;
-  node.visited = visited;
+  node.visited.store(visited, std::memory_order_relaxed);
   node.older = shard.head;
   node.newer = nullptr;
   (shard.head ? shard.head->newer : shard.tail) = &node;

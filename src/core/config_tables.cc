@@ -163,6 +163,10 @@ void ReadRoute(const toml::table& t, std::size_t index, const std::string& path,
     r.Report(t, "pattern: needs a route pattern starting with '/', or \"*\"");
     return;
   }
+  if (route.filters.size() > 8) {
+    r.Report(t, "filters: at most 8 per route");
+    return;
+  }
   for (const std::string& f : route.filters) {
     if (std::find(std::begin(kFilters), std::end(kFilters), f) == std::end(kFilters)) {
       r.Report(t, fmt::format("filters: unknown filter \"{}\"; known: {}", f,

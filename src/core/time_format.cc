@@ -1,5 +1,7 @@
 #include "core/time_format.h"
 
+#include <time.h>
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -30,6 +32,19 @@ int64_t NowMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+int64_t CoarseNowMicros() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000 + ts.tv_nsec / 1000;
+}
+
+std::chrono::steady_clock::time_point CoarseSteadyNow() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::chrono::steady_clock::time_point(std::chrono::seconds(ts.tv_sec) +
+                                               std::chrono::nanoseconds(ts.tv_nsec));
 }
 
 }  // namespace megaserve::core

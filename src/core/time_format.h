@@ -1,6 +1,7 @@
 // Timestamps as text, in UTC.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -12,5 +13,12 @@ std::string Rfc3339(int64_t unix_micros, bool with_micros = false);
 
 // Unix time in microseconds now.
 int64_t NowMicros();
+
+// Cheaper clocks for per-request bookkeeping that needs only milliseconds: they read the kernel's
+// last tick (CLOCK_*_COARSE, a few milliseconds of resolution) without asking the hardware.
+// Unix time in microseconds:
+int64_t CoarseNowMicros();
+// The steady clock's time (same epoch as std::chrono::steady_clock):
+std::chrono::steady_clock::time_point CoarseSteadyNow();
 
 }  // namespace megaserve::core

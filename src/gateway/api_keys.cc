@@ -9,8 +9,10 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
+#include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "core/time_format.h"
@@ -202,6 +204,32 @@ SecretHash HashSecret(std::string_view secret) {
   return out;
 }
 
+namespace {
+
+// The SHA-256 of a secret, remembered per thread for the last few secrets seen: a busy key is
+// hashed once rather than on every request (OpenSSL's one-shot digest costs about a
+// microsecond). A slot is used only when the secret matches it byte for byte, so the memo can
+// never make a wrong secret pass; it holds secrets only in this process's memory, as the request
+// buffers do.
+SecretHash HashSecretMemo(std::string_view secret) {
+  struct Slot {
+    std::string secret;
+    SecretHash hash{};
+  };
+  static constexpr std::size_t kSlots = 64;
+  thread_local std::array<Slot, kSlots> memo;
+  Slot& slot = memo[XXH3_64bits(secret.data(), secret.size()) % kSlots];
+  if (!slot.secret.empty() && slot.secret.size() == secret.size() &&
+      CRYPTO_memcmp(slot.secret.data(), secret.data(), secret.size()) == 0) {
+    return slot.hash;
+  }
+  slot.hash = HashSecret(secret);
+  slot.secret.assign(secret);
+  return slot.hash;
+}
+
+}  // namespace
+
 std::string HashToHex(const SecretHash& hash) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out(hash.size() * 2, '0');
@@ -360,15 +388,24 @@ Result<ApiKey> ApiKeyStore::Verify(std::string_view token) {
 }
 
 bool ApiKeyStore::TouchLastUsed(std::string_view id) {
-  const int64_t now = core::NowMicros();
-  {
+  const int64_t now = core::CoarseNowMicros();
+  // A busy key is recorded at most once a second per thread: last-used times are that coarse
+  // anyway, and the shared table is then touched once a second instead of once a request.
+  thread_local const ApiKeyStore* last_store = nullptr;
+  thread_local std::string last_id;
+  thread_local int64_t last_at = 0;
+  if (last_store != this || last_id != id || now - last_at >= 1'000'000) {
+    last_store = this;
+    last_id.assign(id);
+    last_at = now;
+    const int64_t at = core::NowMicros();  // recorded precisely, once a second at most
     UseShard& shard = use_shards_[std::hash<std::string_view>{}(id) % kUseShards];
     std::lock_guard lock(shard.mu);
     auto it = shard.uses.find(std::string(id));
     if (it == shard.uses.end()) {
-      shard.uses.emplace(std::string(id), now);
+      shard.uses.emplace(std::string(id), at);
     } else {
-      it->second = std::max(it->second, now);
+      it->second = std::max(it->second, at);
     }
   }
   if (flush_claimed_.load(std::memory_order_relaxed) ||
@@ -463,8 +500,8 @@ bool KeyCache::Submit(std::function<void()> fn) {
   return queued;
 }
 
-std::optional<KeyCheck> KeyCache::Answer(Entry& e, const SecretHash& hash, Clock::time_point now,
-                                         bool* refresh) const {
+std::optional<KeyCheck> KeyCache::Answer(const Entry& e, const SecretHash& hash,
+                                         Clock::time_point now, bool* stale) const {
   if (!e.loaded) return std::nullopt;
   const auto age = now - e.fetched_at;
   KeyCheck check;
@@ -474,10 +511,7 @@ std::optional<KeyCheck> KeyCache::Answer(Entry& e, const SecretHash& hash, Clock
     return check;
   }
   if (age >= options_.max_age) return std::nullopt;
-  if (age >= options_.fresh && !e.fetching && !e.revoked) {
-    e.fetching = true;
-    *refresh = true;
-  }
+  *stale = age >= options_.fresh && !e.fetching && !e.revoked;
   if (CRYPTO_memcmp(hash.data(), e.hash.data(), hash.size()) != 0) {
     check.outcome = KeyCheck::Outcome::kWrongSecret;
   } else if (e.revoked) {
@@ -492,25 +526,36 @@ std::optional<KeyCheck> KeyCache::Answer(Entry& e, const SecretHash& hash, Clock
 }
 
 std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_view secret) {
-  const SecretHash hash = HashSecret(secret);
-  const Clock::time_point now = Clock::now();
+  const SecretHash hash = HashSecretMemo(secret);
+  const Clock::time_point now = core::CoarseSteadyNow();
   Shard& shard = ShardFor(id);
-  bool refresh = false;
+  bool stale = false;
   std::optional<KeyCheck> check;
   {
-    std::lock_guard lock(shard.mu);
+    std::shared_lock lock(shard.mu);
     auto it = shard.entries.find(id);
     if (it == shard.entries.end()) return std::nullopt;
-    check = Answer(it->second, hash, now, &refresh);
+    check = Answer(it->second, hash, now, &stale);
   }
-  if (refresh) StartRead(std::string(id));
+  if (stale) {
+    bool start = false;
+    {
+      std::lock_guard lock(shard.mu);
+      auto it = shard.entries.find(id);
+      if (it != shard.entries.end() && !it->second.fetching) {
+        it->second.fetching = true;
+        start = true;
+      }
+    }
+    if (start) StartRead(std::string(id));
+  }
   return check;
 }
 
 void KeyCache::Fetch(std::string_view id, std::string_view secret,
                      std::function<void(KeyCheck)> done) {
   const SecretHash hash = HashSecret(secret);
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = core::CoarseSteadyNow();
   Shard& shard = ShardFor(id);
   bool refresh = false;
   bool start = false;
@@ -524,6 +569,7 @@ void KeyCache::Fetch(std::string_view id, std::string_view secret,
     }
     Entry& e = it->second;
     check = Answer(e, hash, now, &refresh);
+    if (refresh) e.fetching = true;
     if (!check) {
       e.waiters.push_back({std::string(secret), std::move(done)});
       if (!e.fetching) {

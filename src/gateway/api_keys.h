@@ -34,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -294,16 +295,18 @@ class KeyCache {
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   struct Shard {
-    mutable std::mutex mu;
+    // Hits (TryVerify) take it shared: a busy key is checked by every I/O thread at once.
+    mutable std::shared_mutex mu;
     std::unordered_map<std::string, Entry, Hash, std::equal_to<>> entries;  // guarded by mu
   };
   static constexpr std::size_t kShards = 16;
 
   Shard& ShardFor(std::string_view id);
-  // The answer an entry gives now, or nullopt when it is too old. Sets *refresh when a
-  // background read should start (and marks it in flight). Caller holds the shard's lock.
-  std::optional<KeyCheck> Answer(Entry& e, const SecretHash& hash, Clock::time_point now,
-                                 bool* refresh) const;
+  // The answer an entry gives now, or nullopt when it is too old. Sets *stale when a background
+  // read should start (none is in flight and the entry is past `fresh`). Caller holds the
+  // shard's lock, shared or exclusive.
+  std::optional<KeyCheck> Answer(const Entry& e, const SecretHash& hash, Clock::time_point now,
+                                 bool* stale) const;
   // Queues the store read for `id` on the pool; on failure answers its waiters kUnavailable.
   void StartRead(std::string id);
   void RunRead(const std::string& id);

@@ -60,10 +60,7 @@ struct Outcome {
 };
 
 std::string_view HeaderOf(const net::Response& r, std::string_view name) {
-  for (const auto& [n, v] : r.headers) {
-    if (n == name) return v;
-  }
-  return {};
+  return std::string_view(r.HeaderValue(name));
 }
 
 class AuthFilterTest : public ::testing::Test {

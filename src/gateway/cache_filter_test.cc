@@ -95,10 +95,7 @@ struct Call {
 };
 
 std::string HeaderOf(const net::Response& r, std::string_view name) {
-  for (const auto& [n, v] : r.headers) {
-    if (n == name) return v;
-  }
-  return "";
+  return std::string(r.HeaderValue(name));
 }
 
 // The origin: counts calls and answers from its own thread after a delay.

@@ -116,9 +116,15 @@ void Exchange::Suspend() {
 }
 
 void Exchange::Finish(net::Response response) {
-  if (!background_) {
+  if (!background_ && !extra_headers_.empty()) {
+    response.headers.reserve(response.headers.size() + extra_headers_.size());
     for (auto& header : extra_headers_) response.headers.push_back(std::move(header));
     extra_headers_.clear();
+  }
+  if (!background_ && !extra_lines_.empty()) {
+    // Appended rather than swapped: the pooled exchange keeps its buffer for the next request.
+    response.more_header_lines += extra_lines_;
+    extra_lines_.clear();
   }
   answered_ = true;
   if (!suspended_) {
@@ -129,18 +135,80 @@ void Exchange::Finish(net::Response response) {
   Release();
 }
 
+namespace {
+
+// Finished exchanges kept per thread for reuse: a request then allocates no Exchange.
+struct ExchangePool {
+  static constexpr std::size_t kMax = 256;
+  std::vector<Exchange*> free;
+  ~ExchangePool();
+};
+
+}  // namespace
+
+// Defined here, where Exchange's destructor is reachable through the friend below.
+struct ExchangeRecycler {
+  static Exchange* Get();
+  static void Put(Exchange* ex);
+  static void Destroy(Exchange* ex) { delete ex; }
+};
+
+namespace {
+
+thread_local ExchangePool pool;
+
+ExchangePool::~ExchangePool() {
+  for (Exchange* ex : free) ExchangeRecycler::Destroy(ex);
+}
+
+}  // namespace
+
+Exchange* ExchangeRecycler::Get() {
+  if (pool.free.empty()) return new Exchange();
+  Exchange* ex = pool.free.back();
+  pool.free.pop_back();
+  return ex;
+}
+
+void ExchangeRecycler::Put(Exchange* ex) {
+  if (pool.free.size() >= ExchangePool::kMax) return Destroy(ex);
+  ex->Reset();
+  pool.free.push_back(ex);
+}
+
+void Exchange::Reset() {
+  chain_ = nullptr;
+  request_ = nullptr;
+  owned_.reset();
+  identity_.key_id.clear();
+  identity_.key_name.clear();
+  identity_.scopes = 0;
+  identity_.quota = 0;
+  extra_headers_.clear();
+  extra_lines_.clear();
+  for (auto& s : states_) s.reset();
+  position_ = 0;
+  stop_at_ = 0;
+  out_ = nullptr;
+  defer_ = nullptr;
+  reply_ = nullptr;
+  refs_.store(1, std::memory_order_relaxed);
+  background_ = false;
+  answered_ = false;
+  suspended_ = false;
+}
+
 void Exchange::Release() {
-  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) ExchangeRecycler::Put(this);
 }
 
 void Exchange::SpawnBackground(std::shared_ptr<void> state) {
-  auto* copy = new Exchange();
+  auto* copy = ExchangeRecycler::Get();
   copy->chain_ = chain_;
   copy->owned_ = std::make_unique<OwnedRequest>(*request_);
   copy->owned_->CopyParams(*request_, ParamNames(chain_->policy_.pattern));
   copy->request_ = &copy->owned_->request;
   copy->identity_ = identity_;
-  copy->states_.resize(states_.size());
   copy->states_[position_] = std::move(state);
   copy->position_ = position_;
   copy->stop_at_ = position_;
@@ -154,13 +222,18 @@ Chain::Chain(RoutePolicy policy, std::vector<Filter*> filters, net::SyncHandler 
     : policy_(std::move(policy)),
       filters_(std::move(filters)),
       sync_(std::move(sync)),
-      async_(std::move(async)) {}
+      async_(std::move(async)) {
+  if (filters_.size() > kMaxFilters) {
+    spdlog::error("gateway: route {} has {} filters; only the first {} run", policy_.pattern,
+                  filters_.size(), kMaxFilters);
+    filters_.resize(kMaxFilters);
+  }
+}
 
 bool Chain::Handle(const net::Request& request, net::Response& out, net::Deferrer& defer) {
-  auto* ex = new Exchange();
+  auto* ex = ExchangeRecycler::Get();
   ex->chain_ = this;
   ex->request_ = &request;
-  ex->states_.resize(filters_.size());
   ex->out_ = &out;
   ex->defer_ = &defer;
   ex->position_ = 0;

@@ -11,6 +11,7 @@
 // suspending, on the I/O thread, and costs no extra hop through the event loop.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -28,6 +29,9 @@ namespace megaserve::gateway {
 
 class Chain;
 class Exchange;
+
+// Most filters a route may have.
+inline constexpr std::size_t kMaxFilters = 8;
 
 // Who is calling, as the auth filter established it.
 struct Identity {
@@ -59,8 +63,12 @@ class Exchange {
   // False for a background revalidation: there is no client waiting.
   bool has_client() const { return !background_; }
 
-  // Adds a header to whatever response this request gets (e.g. RateLimit).
+  // Adds header lines, written as "\r\nName: value" each, to whatever response this request
+  // gets: the cheap form for headers added to every response (RateLimit).
+  void AppendResponseHeaderLines(std::string_view lines) { extra_lines_ += lines; }
+  // Adds a header to whatever response this request gets.
   void AddResponseHeader(std::string name, std::string value) {
+    if (extra_headers_.empty()) extra_headers_.reserve(4);
     extra_headers_.emplace_back(std::move(name), std::move(value));
   }
 
@@ -84,8 +92,10 @@ class Exchange {
 
  private:
   friend class Chain;
+  friend struct ExchangeRecycler;
   Exchange() = default;
   ~Exchange();
+  void Reset();  // back to a fresh state, for reuse
   void Unwind(net::Response& response, std::size_t from);
   void Finish(net::Response response);
   void Release();
@@ -95,9 +105,10 @@ class Exchange {
   std::unique_ptr<struct OwnedRequest> owned_;  // background copies own their request
   Identity identity_;
   std::vector<std::pair<std::string, std::string>> extra_headers_;
-  std::vector<std::shared_ptr<void>> states_;  // one per filter
-  std::size_t position_ = 0;                   // filter running now (filters().size() = the origin)
-  std::size_t stop_at_ = 0;                    // OnResponse runs for positions >= stop_at_
+  std::string extra_lines_;
+  std::array<std::shared_ptr<void>, kMaxFilters> states_;  // one per filter
+  std::size_t position_ = 0;  // filter running now (filters().size() = the origin)
+  std::size_t stop_at_ = 0;   // OnResponse runs for positions >= stop_at_
   // Synchronous path: the response goes to *out_; after Suspend, to reply_.
   net::Response* out_ = nullptr;
   net::Deferrer* defer_ = nullptr;

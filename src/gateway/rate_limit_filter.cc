@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -28,12 +29,29 @@ std::int64_t CeilSeconds(std::int64_t ms) { return ms <= 0 ? 0 : (ms + 999) / 10
 cache::GcraResult LocalRateLimiter::Check(std::uint64_t caller, std::int64_t limit, Duration period,
                                           std::int64_t now_us) {
   Shard& shard = shards_[caller % kShards];
-  std::lock_guard lock(shard.mu);
-  if (shard.tat_us.size() > kSweepAbove) {
-    std::erase_if(shard.tat_us, [now_us](const auto& entry) { return entry.second <= now_us; });
+  const std::int64_t period_us = period.count() * 1000;
+  // One step against the shared arrival time: retried when another thread moved it meanwhile.
+  auto step = [&](std::atomic<std::int64_t>& tat) {
+    std::int64_t seen = tat.load(std::memory_order_relaxed);
+    while (true) {
+      std::int64_t next = seen;
+      cache::GcraResult r = cache::GcraStep(next, now_us, limit, period_us);
+      if (next == seen || tat.compare_exchange_weak(seen, next, std::memory_order_relaxed)) {
+        return r;
+      }
+    }
+  };
+  {
+    std::shared_lock lock(shard.mu);
+    if (auto it = shard.tat_us.find(caller); it != shard.tat_us.end()) return step(it->second);
   }
-  std::int64_t& tat = shard.tat_us[caller];
-  return cache::GcraStep(tat, now_us, limit, period.count() * 1000);
+  std::unique_lock lock(shard.mu);
+  if (shard.tat_us.size() > kSweepAbove) {
+    std::erase_if(shard.tat_us, [now_us](const auto& entry) {
+      return entry.second.load(std::memory_order_relaxed) <= now_us;
+    });
+  }
+  return step(shard.tat_us.try_emplace(caller, 0).first->second);
 }
 
 RateLimitFilter::RateLimitFilter(Options options) : options_(options) {
@@ -97,16 +115,27 @@ void RateLimitFilter::OnRequest(Exchange& ex) {
 
 void RateLimitFilter::Decide(Exchange& ex, const cache::GcraResult& r, std::int64_t limit,
                              Duration period) {
-  std::int64_t window = std::max<std::int64_t>(1, CeilSeconds(period.count()));
-  std::string policy_header =
-      "\"default\";q=" + std::to_string(limit) + ";w=" + std::to_string(window);
-  std::string state_header =
-      "\"default\";r=" + std::to_string(std::max<std::int64_t>(0, r.remaining)) +
-      ";t=" + std::to_string(CeilSeconds(r.reset_ms));
+  const std::int64_t window = std::max<std::int64_t>(1, CeilSeconds(period.count()));
+  // The header values, written with to_chars into one buffer (this runs on every request).
+  char buf[160];
+  char* const end = buf + sizeof buf;
+  auto put = [end](char* at, std::string_view text) {
+    std::size_t n = std::min<std::size_t>(text.size(), end - at);
+    std::memcpy(at, text.data(), n);
+    return at + n;
+  };
+  auto num = [end](char* at, std::int64_t v) { return std::to_chars(at, end, v).ptr; };
+  char* p = put(buf, "\r\nRateLimit-Policy: \"default\";q=");
+  p = num(p, limit);
+  p = put(p, ";w=");
+  p = num(p, window);
+  p = put(p, "\r\nRateLimit: \"default\";r=");
+  p = num(p, std::max<std::int64_t>(0, r.remaining));
+  p = put(p, ";t=");
+  p = num(p, CeilSeconds(r.reset_ms));
   if (r.allowed) {
     if (allowed_) allowed_->Inc();
-    ex.AddResponseHeader("RateLimit-Policy", std::move(policy_header));
-    ex.AddResponseHeader("RateLimit", std::move(state_header));
+    ex.AppendResponseHeaderLines(std::string_view(buf, p - buf));
     return ex.Next();
   }
   if (limited_) limited_->Inc();
@@ -116,8 +145,7 @@ void RateLimitFilter::Decide(Exchange& ex, const cache::GcraResult& r, std::int6
       "rate limit of " + std::to_string(limit) + " requests per " + std::to_string(window) +
           " s exceeded; retry in " + std::to_string(retry) + " s");
   response.headers.emplace_back("Retry-After", std::to_string(retry));
-  response.headers.emplace_back("RateLimit-Policy", std::move(policy_header));
-  response.headers.emplace_back("RateLimit", std::move(state_header));
+  response.more_header_lines.assign(buf, p);
   ex.Respond(std::move(response));
 }
 

@@ -24,9 +24,11 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 
@@ -62,9 +64,11 @@ class LocalRateLimiter {
   // Buckets are dropped once full again (their arrival time has passed); swept
   // when a shard grows past this.
   static constexpr std::size_t kSweepAbove = 4096;
+  // Checks of known callers take the lock shared and update the arrival time with a
+  // compare-and-swap, so one busy caller on every I/O thread does not serialize them.
   struct alignas(64) Shard {
-    std::mutex mu;
-    std::unordered_map<std::uint64_t, std::int64_t> tat_us;
+    std::shared_mutex mu;
+    std::unordered_map<std::uint64_t, std::atomic<std::int64_t>> tat_us;  // nodes are stable
   };
   std::array<Shard, kShards> shards_;
 };

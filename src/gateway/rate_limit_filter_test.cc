@@ -53,10 +53,7 @@ struct Fixture {
 };
 
 std::string HeaderOf(const net::Response& r, std::string_view name) {
-  for (const auto& [n, v] : r.headers) {
-    if (n == name) return v;
-  }
-  return "";
+  return std::string(r.HeaderValue(name));
 }
 
 TEST(LocalRateLimiterTest, AllowsTheLimitAtOnceThenOneEveryInterval) {

@@ -3,6 +3,9 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+#include <cctype>
+
 namespace megaserve::net {
 
 Method ParseMethod(std::string_view t) {
@@ -56,6 +59,45 @@ std::string_view Request::QueryParam(std::string_view name) const {
     q.remove_prefix(amp + 1);
   }
   return {};
+}
+
+namespace {
+
+bool SameName(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Finds `name` in "\r\nName: value" lines.
+std::string_view FindInLines(std::string_view lines, std::string_view name) {
+  while (!lines.empty()) {
+    if (lines.starts_with("\r\n")) lines.remove_prefix(2);
+    std::size_t end = lines.find("\r\n");
+    std::string_view line = lines.substr(0, end);
+    std::size_t colon = line.find(':');
+    if (colon != std::string_view::npos && SameName(line.substr(0, colon), name)) {
+      std::string_view value = line.substr(colon + 1);
+      while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+      return value;
+    }
+    if (end == std::string_view::npos) break;
+    lines.remove_prefix(end);
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string_view Response::HeaderValue(std::string_view name) const {
+  for (const auto& [n, v] : headers) {
+    if (SameName(n, name)) return v;
+  }
+  if (header_lines) {
+    if (std::string_view v = FindInLines(*header_lines, name); !v.empty()) return v;
+  }
+  return FindInLines(more_header_lines, name);
 }
 
 Response ErrorResponse(int status, std::string_view code, std::string_view message,

@@ -104,6 +104,11 @@ struct Response {
   std::shared_ptr<const std::string> shared_body;
   // Extra headers, e.g. {"Retry-After", "1"}, {"Allow", "GET, HEAD"}.
   std::vector<std::pair<std::string, std::string>> headers;
+  // More headers, already written as "\r\nName: value" lines (shared by cached responses, so a
+  // hit copies none of them). Sent after `headers`.
+  std::shared_ptr<const std::string> header_lines;
+  // Header lines written the same way by the handler or filters on the way out; sent last.
+  std::string more_header_lines;
   // Close the connection after this response.
   bool close = false;
   // When set, the response is streamed: the head goes out with chunked transfer encoding (the
@@ -112,6 +117,9 @@ struct Response {
   std::function<void(std::shared_ptr<StreamWriter>)> stream;
 
   std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }
+  // The value of the first header named `name` (case-insensitive) in headers, header_lines or
+  // more_header_lines, or "" (for tests and filters; not a hot path).
+  std::string_view HeaderValue(std::string_view name) const;
   std::string_view ContentType() const {
     return owned_content_type.empty() ? content_type : std::string_view(owned_content_type);
   }

@@ -58,3 +58,21 @@ TEST(HttpTest, ReasonPhrases) {
 
 }  // namespace
 }  // namespace megaserve::net
+
+namespace megaserve::net {
+namespace {
+
+TEST(ResponseTest, HeaderValueSearchesEveryHeaderForm) {
+  Response r;
+  r.headers.emplace_back("Retry-After", "3");
+  r.header_lines = std::make_shared<const std::string>("\r\nCache-Control: max-age=60\r\nAge: 2");
+  r.more_header_lines = "\r\nRateLimit: \"default\";r=1;t=0";
+  EXPECT_EQ(r.HeaderValue("retry-after"), "3");
+  EXPECT_EQ(r.HeaderValue("cache-control"), "max-age=60");
+  EXPECT_EQ(r.HeaderValue("AGE"), "2");
+  EXPECT_EQ(r.HeaderValue("ratelimit"), "\"default\";r=1;t=0");
+  EXPECT_EQ(r.HeaderValue("ratelimit-policy"), "");
+}
+
+}  // namespace
+}  // namespace megaserve::net

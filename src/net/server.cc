@@ -622,6 +622,8 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
       out_ += ": ";
       out_ += value;
     }
+    if (r.header_lines) out_ += *r.header_lines;
+    out_ += r.more_header_lines;
     if (close_after_) {
       out_ += "\r\nConnection: close";
     } else if (req_.version == 10) {
