@@ -3,9 +3,11 @@
 // processes sharing the store.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <rapidjson/document.h>
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -472,6 +474,123 @@ TEST(GatewayProcessesTest, RevokedKeyIsRefusedWithinASecondByTwoGatewaysSharingT
                 static_cast<long long>(
                     std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
   }
+}
+
+// `megaserve keys`: create prints the key once, list never shows it, revoke marks it.
+TEST(GatewayBinaryTest, KeysCreateListAndRevoke) {
+  std::string dir = FreshDataDir();
+  Process create({"keys", "create", "--data-dir", dir, "--name", "ci", "--scopes", "jobs,images",
+                  "--quota", "60", "--json"});
+  ASSERT_EQ(create.Wait(), 0) << create.Stderr();
+  rapidjson::Document d;
+  d.Parse(create.Stdout().c_str());
+  ASSERT_FALSE(d.HasParseError()) << create.Stdout();
+  std::string token = d["key"].GetString();
+  std::string id = d["id"].GetString();
+  EXPECT_EQ(d["quota"].GetInt(), 60);
+  auto parsed = gateway::ParseToken(token);
+  ASSERT_TRUE(parsed.ok());
+
+  Process list({"keys", "list", "--data-dir", dir});
+  ASSERT_EQ(list.Wait(), 0) << list.Stderr();
+  EXPECT_THAT(list.Stdout(), HasSubstr(id));
+  EXPECT_THAT(list.Stdout(), HasSubstr("images,jobs"));
+  EXPECT_EQ(list.Stdout().find(parsed->secret), std::string::npos);
+
+  Process revoke({"keys", "revoke", "--data-dir", dir, id});
+  ASSERT_EQ(revoke.Wait(), 0) << revoke.Stderr();
+  EXPECT_THAT(revoke.Stdout(), HasSubstr("revoked key " + id));
+  Process again({"keys", "revoke", "--data-dir", dir, "nosuchkey000"});
+  EXPECT_EQ(again.Wait(), 2);
+  EXPECT_THAT(again.Stderr(), HasSubstr("no API key with id"));
+  Process bad({"keys", "create", "--data-dir", dir, "--name", "x", "--scopes", "everything"});
+  EXPECT_EQ(bad.Wait(), 2);
+  EXPECT_THAT(bad.Stderr(), HasSubstr("everything"));
+}
+
+// Beyond loopback, serve refuses to start while anyone could call it without a key.
+TEST(GatewayBinaryTest, NonLoopbackListenNeedsKeysOrAnExplicitOptOut) {
+  std::string dir = FreshDataDir();
+  Process optional(
+      {"serve", "--listen", "0.0.0.0:0", "--data-dir", dir, "--set", "gateway.auth=optional"});
+  EXPECT_EQ(optional.Wait(), 2);
+  EXPECT_THAT(optional.Stderr(), HasSubstr("refusing to listen on 0.0.0.0:0"));
+
+  Process no_keys({"serve", "--listen", "0.0.0.0:0", "--data-dir", dir});
+  EXPECT_EQ(no_keys.Wait(), 2);
+  EXPECT_THAT(no_keys.Stderr(), HasSubstr("none exists yet"));
+
+  Process allowed({"serve", "--listen", "0.0.0.0:0", "--data-dir", dir, "--threads", "1", "--set",
+                   "gateway.allow_unauthenticated=true"});
+  EXPECT_NE(allowed.WaitReady(), 0) << allowed.Stderr();
+  allowed.Signal(SIGTERM);
+  EXPECT_EQ(allowed.Wait(), 0);
+
+  Process create(
+      {"keys", "create", "--data-dir", dir, "--name", "ops", "--scopes", "admin", "--quiet"});
+  ASSERT_EQ(create.Wait(), 0);
+  Process with_key({"serve", "--listen", "0.0.0.0:0", "--data-dir", dir, "--threads", "1"});
+  unsigned short port = with_key.WaitReady();
+  ASSERT_NE(port, 0) << with_key.Stderr();
+  auto r = RawClient(port).Roundtrip(Get("/v1/models"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);  // keys are required off loopback
+  with_key.Signal(SIGTERM);
+  EXPECT_EQ(with_key.Wait(), 0);
+}
+
+// megaserve gateway in front of a worker service: [[routes]] naming an upstream are proxied,
+// the rest are the gateway's own.
+TEST(GatewayBinaryTest, GatewayProxiesConfiguredRoutesToAWorkerService) {
+  Process backend(
+      {"serve", "--listen", "127.0.0.1:0", "--data-dir", FreshDataDir(), "--threads", "1"},
+      {"MEGASERVE_LOG_ACCESS=false"});
+  unsigned short backend_port = backend.WaitReady();
+  ASSERT_NE(backend_port, 0) << backend.Stderr();
+  std::string config = FreshDataDir() + "/gateway.toml";
+  std::ofstream(config) << "[[upstreams]]\nname = \"workers\"\ntargets = [\"http://127.0.0.1:"
+                        << backend_port
+                        << "\"]\nhealth_interval = \"200ms\"\n\n[[routes]]\npattern = "
+                           "\"/v1/jobs\"\nfilters = [\"rate_limit\", \"proxy\"]\nupstream = "
+                           "\"workers\"\n";
+  Process gw({"gateway", "--config", config, "--listen", "127.0.0.1:0", "--data-dir",
+              FreshDataDir(), "--threads", "1"},
+             {"MEGASERVE_LOG_ACCESS=false"});
+  unsigned short port = gw.WaitReady();
+  ASSERT_NE(port, 0) << gw.Stderr();
+
+  RawClient c(port);
+  std::string body = R"({"type":"noop"})";
+  auto created = c.Roundtrip(
+      "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body);
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->status, 201) << created->body;
+  EXPECT_THAT(created->body, HasSubstr("\"type\":\"noop\""));
+  EXPECT_FALSE(created->Header("ratelimit").empty());
+  // The job exists on the worker service.
+  rapidjson::Document job;
+  job.Parse(created->body.c_str());
+  auto direct =
+      RawClient(backend_port).Roundtrip(Get("/v1/jobs/" + std::string(job["id"].GetString())));
+  ASSERT_TRUE(direct);
+  EXPECT_EQ(direct->status, 200);
+
+  auto status = c.Roundtrip(Get("/v1/status"));
+  ASSERT_TRUE(status);
+  EXPECT_THAT(status->body, HasSubstr("\"roles\":[\"gateway\"]"));
+  auto not_routed = c.Roundtrip(Get("/v1/models"));
+  ASSERT_TRUE(not_routed);
+  EXPECT_EQ(not_routed->status, 404);
+
+  // The worker service goes away: the gateway answers 502 JSON, not a hang.
+  backend.Signal(SIGKILL);
+  backend.Wait();
+  auto down = RawClient(port).Roundtrip(Get("/v1/jobs"));
+  ASSERT_TRUE(down);
+  EXPECT_EQ(down->status, 502);
+  EXPECT_THAT(down->body, HasSubstr("\"error\""));
 }
 
 }  // namespace
