@@ -57,6 +57,7 @@ bench: release
 	bench/http_vs_nginx.sh
 	bench/jobs_throughput.sh
 	bench/batching.sh
+	bench/gateway.sh
 
 format:
 	clang-format -i $(SOURCES)
