@@ -35,16 +35,18 @@ MemoryCache::MemoryCache(std::size_t max_bytes, std::size_t shards)
     : shard_budget_(max_bytes / std::max<std::size_t>(shards, 1)) {
   shards_.resize(std::max<std::size_t>(shards, 1));
   for (auto& shard : shards_) shard = std::make_unique<Shard>();
+  generations_ = std::make_unique<Generation_[]>(shards_.size());
 }
 
 MemoryCache::~MemoryCache() = default;
 
 MemoryCache::Shard& MemoryCache::ShardFor(const CacheKey& key) const {
   // The index hashes `low`; sharding by `high` keeps the two independent.
-  return *shards_[key.high % shards_.size()];
+  return *shards_[ShardIndex(key)];
 }
 
 void MemoryCache::Remove(Shard& shard, Node* node) {
+  Bump(node->key);
   if (shard.hand == node) shard.hand = node->newer;
   (node->newer ? node->newer->older : shard.head) = node->older;
   (node->older ? node->older->newer : shard.tail) = node->newer;
@@ -107,6 +109,7 @@ void MemoryCache::Put(const CacheKey& key, std::shared_ptr<const CachedResponse>
   Node& node = it->second;
   node.key = key;
   node.entry = std::move(entry);
+  Bump(key);
   node.bytes = size;
   node.visited.store(visited, std::memory_order_relaxed);
   node.older = shard.head;

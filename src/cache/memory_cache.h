@@ -61,16 +61,32 @@ class MemoryCache {
   // The byte budget of one shard: the largest entry that can be stored.
   std::size_t shard_budget() const { return shard_budget_; }
 
+  // A number that changes whenever the entries of `key`'s shard change (put, erase, eviction,
+  // expiry). Read without the shard's lock: a per-thread copy of an entry taken when the
+  // generation was G is still current while Generation() returns G.
+  std::uint64_t Generation(const CacheKey& key) const {
+    return generations_[ShardIndex(key)].value.load(std::memory_order_acquire);
+  }
+
  private:
   struct Node;
   struct Shard;
 
   Shard& ShardFor(const CacheKey& key) const;
+  std::size_t ShardIndex(const CacheKey& key) const { return key.high % shards_.size(); }
+  void Bump(const CacheKey& key) {
+    generations_[ShardIndex(key)].value.fetch_add(1, std::memory_order_acq_rel);
+  }
   // Unlinks and deletes `node` from `shard`. Requires shard.mu held.
   void Remove(Shard& shard, Node* node);
 
   const std::size_t shard_budget_;
   std::vector<std::unique_ptr<Shard>> shards_;
+  // Per shard, each on its own cache line: hits only read them, so they stay shared.
+  struct alignas(64) Generation_ {
+    std::atomic<std::uint64_t> value{0};
+  };
+  std::unique_ptr<Generation_[]> generations_;
   std::atomic<std::size_t> bytes_{0};
   std::atomic<std::size_t> entries_{0};
   std::atomic<std::uint64_t> evictions_{0};

@@ -529,13 +529,39 @@ std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_vie
   const SecretHash hash = HashSecretMemo(secret);
   const Clock::time_point now = core::CoarseSteadyNow();
   Shard& shard = ShardFor(id);
+  // The last answer this thread gave, reused while nothing in the cache changed (epoch) and the
+  // entry is still fresh: a busy key's checks then share no lock word between I/O threads.
+  struct Memo {
+    const KeyCache* owner = nullptr;
+    std::string id;
+    SecretHash hash{};
+    KeyCheck check;
+    std::uint64_t epoch = 0;
+    Clock::time_point until{};
+  };
+  thread_local Memo memo;
+  const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
+  if (memo.owner == this && memo.epoch == epoch && now < memo.until && memo.id == id &&
+      CRYPTO_memcmp(memo.hash.data(), hash.data(), hash.size()) == 0) {
+    return memo.check;
+  }
   bool stale = false;
   std::optional<KeyCheck> check;
+  Clock::time_point fresh_until{};
   {
     std::shared_lock lock(shard.mu);
     auto it = shard.entries.find(id);
     if (it == shard.entries.end()) return std::nullopt;
     check = Answer(it->second, hash, now, &stale);
+    fresh_until = it->second.fetched_at + options_.fresh;
+  }
+  if (check && check->outcome == KeyCheck::Outcome::kOk && !stale) {
+    memo.owner = this;
+    memo.id.assign(id);
+    memo.hash = hash;
+    memo.check = *check;
+    memo.epoch = epoch;
+    memo.until = fresh_until;
   }
   if (stale) {
     bool start = false;
@@ -633,6 +659,7 @@ void KeyCache::RunRead(const std::string& id) {
     Entry& e = it->second;
     e.fetching = false;
     waiters.swap(e.waiters);
+    epoch_.fetch_add(1, std::memory_order_acq_rel);
     if (stored.ok()) {
       e.loaded = e.exists = true;
       e.revoked = e.revoked || stored->key.revoked();
@@ -674,6 +701,7 @@ void KeyCache::MarkRevoked(std::string_view id) {
   std::lock_guard lock(shard.mu);
   auto it = shard.entries.find(id);
   if (it != shard.entries.end()) it->second.revoked = true;
+  epoch_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 void KeyCache::TouchLastUsed(std::string_view id) {

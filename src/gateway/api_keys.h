@@ -299,6 +299,8 @@ class KeyCache {
     mutable std::shared_mutex mu;
     std::unordered_map<std::string, Entry, Hash, std::equal_to<>> entries;  // guarded by mu
   };
+  // Bumped whenever an entry's answer may change (a read completes, a revocation).
+  std::atomic<std::uint64_t> epoch_{0};
   static constexpr std::size_t kShards = 16;
 
   Shard& ShardFor(std::string_view id);

@@ -122,6 +122,9 @@ class CacheFilter final : public Filter {
   RouteStats& StatsFor(const RoutePolicy& policy);
   FlightShard& ShardFor(const cache::CacheKey& key);
   std::int64_t Now() const;
+  // L1 lookup through this thread's copies of hot entries.
+  std::shared_ptr<const cache::CachedResponse> FrontGet(const cache::CacheKey& key,
+                                                        std::int64_t now_ms);
   double Random();
   bool XFetchDue(const cache::CachedResponse& entry, std::int64_t now_ms);
   // Starts one background revalidation of `key` unless one is in flight.

@@ -662,3 +662,27 @@ TEST_F(CacheFilterTest, SharedTierErrorsCountAndReadAsMisses) {
 
 }  // namespace
 }  // namespace megaserve::gateway
+
+namespace megaserve::gateway {
+namespace {
+
+// Hot entries are served from per-thread copies; a change in L1 (here an invalidation) must
+// still be seen by the very next request.
+TEST_F(CacheFilterTest, InvalidateIsSeenAtOnceEvenByCopiedHotEntries) {
+  Build();
+  EXPECT_EQ(Get().Body(), "v1");
+  for (int i = 0; i < 3; ++i) {
+    bool at_once = false;
+    EXPECT_EQ(Get("/v1/items/7", {}, &at_once).Body(), "v1");
+    EXPECT_TRUE(at_once);
+  }
+  EXPECT_EQ(origin.calls.load(), 1);
+  filter->Invalidate("/v1/items/{id}", "/v1/items/7");
+  EXPECT_EQ(Get().Body(), "v2");
+  EXPECT_EQ(origin.calls.load(), 2);
+  EXPECT_EQ(Get().Body(), "v2");  // and cached again
+  EXPECT_EQ(origin.calls.load(), 2);
+}
+
+}  // namespace
+}  // namespace megaserve::gateway
