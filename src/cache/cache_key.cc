@@ -68,6 +68,7 @@ void WithSortedPieces(std::string_view query, Fn&& fn) {
 class BufferSink {
  public:
   void Put(const void* data, std::size_t n) {
+    if (n == 0) return;  // an empty view may have a null data()
     std::memcpy(buf_ + size_, data, n);
     size_ += n;
   }

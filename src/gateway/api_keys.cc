@@ -83,7 +83,8 @@ StoredApiKey ReadKey(const store::Rows& rows, std::size_t r) {
   out.key.name = rows.GetText(r, 1);
   // Stored scope lists were written by FormatScopes; a name unknown to this binary (written by
   // a newer release) grants nothing here.
-  for (std::string_view rest = rows.GetText(r, 2), part; !rest.empty();) {
+  const std::string scopes = rows.GetText(r, 2);
+  for (std::string_view rest = scopes, part; !rest.empty();) {
     std::size_t comma = rest.find(',');
     part = rest.substr(0, comma);
     rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);

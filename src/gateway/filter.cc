@@ -265,7 +265,24 @@ void Chain::RunOrigin(Exchange& ex) {
     return;
   }
   ex.Suspend();
-  async_(ex.request(), [&ex](net::Response r) { ex.Respond(std::move(r)); });
+  // If the handler drops its Reply without calling it, the exchange still ends (with a 503), so
+  // filters waiting on it (collapsed cache followers) are answered and nothing leaks.
+  struct Pending {
+    Exchange* ex = nullptr;
+    bool answered = false;
+    ~Pending() {
+      if (ex != nullptr && !answered) {
+        ex->Respond(net::ErrorResponse(503, "handler_gone",
+                                       "the request's handler ended without answering"));
+      }
+    }
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->ex = &ex;
+  async_(ex.request(), [pending](net::Response r) {
+    pending->answered = true;
+    pending->ex->Respond(std::move(r));
+  });
 }
 
 }  // namespace megaserve::gateway

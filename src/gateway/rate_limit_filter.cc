@@ -90,7 +90,7 @@ void RateLimitFilter::OnRequest(Exchange& ex) {
   std::size_t n = 0;
   auto put = [&](std::string_view part) {
     std::size_t take = std::min(part.size(), sizeof buf - n);
-    std::memcpy(buf + n, part.data(), take);
+    if (take > 0) std::memcpy(buf + n, part.data(), take);  // empty views may have null data()
     n += take;
   };
   put(who.key_id.empty() ? "i" : "k");
