@@ -61,6 +61,9 @@ std::string RedisUrl() {
     GTEST_SKIP() << "TEST_REDIS_URL is unset; run through scripts/test.sh";         \
   }
 
+// The sum of a metric's samples whose line starts with `prefix` in a /metrics exposition.
+double MetricSum(unsigned short port, const std::string& prefix);
+
 // Counts the 200s in a burst of `n` sequential requests on one connection.
 int Burst(unsigned short port, const std::string& path, int n, const std::string& headers = "",
           std::vector<RawResponse>* out = nullptr) {
@@ -300,7 +303,15 @@ TEST(GatewayRateLimitTest, GlobalLimitIsSharedByTwoGatewaysThroughRedis) {
                "' --scan --pattern 'megaserve:ratelimit:*' | xargs -r redis-cli -u '" + url +
                "' del >/dev/null")
                   .c_str());
-  std::this_thread::sleep_for(300ms);  // the clients connect
+  // Until every I/O thread's Redis connection is up, checks fall back to per-process buckets.
+  for (unsigned short port : ports) {
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (MetricSum(port, "megaserve_redis_connected") < 2 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_EQ(MetricSum(port, "megaserve_redis_connected"), 2);
+  }
   ExpectExactLimit(ports, "/test/limited");
 }
 
@@ -358,7 +369,6 @@ class OwnRedis {
   int port_ = 0;
 };
 
-// The sum of a metric's samples whose line starts with `prefix` in a /metrics exposition.
 double MetricSum(unsigned short port, const std::string& prefix) {
   auto r = RawClient(port).Roundtrip(Get("/metrics"));
   double sum = 0;
@@ -384,7 +394,11 @@ TEST(GatewayRedisTest, RedisKilledUnderLoadCostsNoErrorsAndIsUsedAgainAfterARest
   CountingOrigin origin;
   origin.Register(server.router(), "/test/cached");
   server.Start();
-  std::this_thread::sleep_for(300ms);
+  auto connected = std::chrono::steady_clock::now() + 10s;
+  while (MetricSum(server.port(), "megaserve_redis_connected") < 2 &&
+         std::chrono::steady_clock::now() < connected) {
+    std::this_thread::sleep_for(10ms);
+  }
 
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, errors{0}, other{0};
