@@ -105,7 +105,7 @@ void RateLimitFilter::OnRequest(Exchange& ex) {
   ex.Suspend();
   char key[24];
   int len = std::snprintf(key, sizeof key, "%016llx", static_cast<unsigned long long>(caller));
-  redis_->Check(std::string_view(key, n), limit, period,
+  redis_->Check(std::string_view(key, static_cast<std::size_t>(len)), limit, period,
                 [this, &ex, caller, limit, period](core::Result<cache::GcraResult> r) {
                   if (r.ok()) return Decide(ex, *r, limit, period);
                   if (fallbacks_) fallbacks_->Inc();
