@@ -1,5 +1,6 @@
 #include "core/ids.h"
 
+#include <atomic>
 #include <chrono>
 #include <random>
 
@@ -71,6 +72,11 @@ int64_t UuidV7Millis(std::string_view t) {
     ms = ms << 4 | HexValue(t[i]);
   }
   return ms;
+}
+
+std::uint64_t NextInstanceId() {
+  static std::atomic<std::uint64_t> next{0};
+  return next.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
 }  // namespace megaserve::core

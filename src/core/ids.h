@@ -21,4 +21,8 @@ bool IsUuid(std::string_view text);
 // The Unix time in milliseconds stored in a UUIDv7; -1 when text is not one.
 int64_t UuidV7Millis(std::string_view text);
 
+// A number no other call in this process returns (never 0): identifies an object for per-thread
+// memos that must not mistake a new object at a reused address for an old one.
+std::uint64_t NextInstanceId();
+
 }  // namespace megaserve::core

@@ -15,6 +15,7 @@
 #include <array>
 #include <utility>
 
+#include "core/ids.h"
 #include "core/time_format.h"
 
 namespace megaserve::gateway {
@@ -392,11 +393,11 @@ bool ApiKeyStore::TouchLastUsed(std::string_view id) {
   const int64_t now = core::CoarseNowMicros();
   // A busy key is recorded at most once a second per thread: last-used times are that coarse
   // anyway, and the shared table is then touched once a second instead of once a request.
-  thread_local const ApiKeyStore* last_store = nullptr;
+  thread_local std::uint64_t last_store = 0;
   thread_local std::string last_id;
   thread_local int64_t last_at = 0;
-  if (last_store != this || last_id != id || now - last_at >= 1'000'000) {
-    last_store = this;
+  if (last_store != instance_ || last_id != id || now - last_at >= 1'000'000) {
+    last_store = instance_;
     last_id.assign(id);
     last_at = now;
     const int64_t at = core::NowMicros();  // recorded precisely, once a second at most
@@ -533,7 +534,7 @@ std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_vie
   // The last answer this thread gave, reused while nothing in the cache changed (epoch) and the
   // entry is still fresh: a busy key's checks then share no lock word between I/O threads.
   struct Memo {
-    const KeyCache* owner = nullptr;
+    std::uint64_t owner = 0;
     std::string id;
     SecretHash hash{};
     KeyCheck check;
@@ -542,7 +543,7 @@ std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_vie
   };
   thread_local Memo memo;
   const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
-  if (memo.owner == this && memo.epoch == epoch && now < memo.until && memo.id == id &&
+  if (memo.owner == instance_ && memo.epoch == epoch && now < memo.until && memo.id == id &&
       CRYPTO_memcmp(memo.hash.data(), hash.data(), hash.size()) == 0) {
     return memo.check;
   }
@@ -557,7 +558,7 @@ std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_vie
     fresh_until = it->second.fetched_at + options_.fresh;
   }
   if (check && check->outcome == KeyCheck::Outcome::kOk && !stale) {
-    memo.owner = this;
+    memo.owner = instance_;
     memo.id.assign(id);
     memo.hash = hash;
     memo.check = *check;

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "core/blocking_pool.h"
+#include "core/ids.h"
 #include "core/status.h"
 #include "store/database.h"
 
@@ -201,6 +202,7 @@ class ApiKeyStore {
  private:
   store::Database& db_;
   const ApiKeyStoreOptions options_;
+  const std::uint64_t instance_ = core::NextInstanceId();  // for per-thread memos
 
   // Uses recorded since the last flush, sharded by id so that I/O threads rarely share a lock.
   struct UseShard {
@@ -301,6 +303,7 @@ class KeyCache {
   };
   // Bumped whenever an entry's answer may change (a read completes, a revocation).
   std::atomic<std::uint64_t> epoch_{0};
+  const std::uint64_t instance_ = core::NextInstanceId();  // for per-thread memos
   static constexpr std::size_t kShards = 16;
 
   Shard& ShardFor(std::string_view id);

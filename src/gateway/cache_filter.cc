@@ -386,7 +386,7 @@ void CacheFilter::OnRequest(Exchange& ex) {
 std::shared_ptr<const CachedResponse> CacheFilter::FrontGet(const CacheKey& key,
                                                             std::int64_t now_ms) {
   struct Slot {
-    const CacheFilter* owner = nullptr;
+    std::uint64_t owner = 0;
     CacheKey key;
     std::uint64_t generation = 0;
     Entry copy;  // null until the key's second hit
@@ -396,13 +396,13 @@ std::shared_ptr<const CachedResponse> CacheFilter::FrontGet(const CacheKey& key,
   thread_local std::array<Slot, kSlots> front;
   Slot& slot = front[key.low % kSlots];
   const std::uint64_t generation = l1_.Generation(key);
-  if (slot.owner == this && slot.key == key && slot.generation == generation && slot.copy &&
+  if (slot.owner == instance_ && slot.key == key && slot.generation == generation && slot.copy &&
       slot.copy->FreshAt(now_ms)) {
     return slot.copy;
   }
   Entry entry = l1_.Get(key, now_ms);
-  const bool seen = slot.owner == this && slot.key == key;
-  slot.owner = this;
+  const bool seen = slot.owner == instance_ && slot.key == key;
+  slot.owner = instance_;
   slot.key = key;
   slot.generation = generation;
   slot.copy = nullptr;

@@ -67,6 +67,7 @@
 #include "cache/cached_response.h"
 #include "cache/memory_cache.h"
 #include "cache/remote_cache.h"
+#include "core/ids.h"
 #include "gateway/filter.h"
 #include "metrics/registry.h"
 
@@ -144,8 +145,9 @@ class CacheFilter final : public Filter {
   cache::RemoteCache* const l2_;
   const CacheFilterOptions options_;
   std::atomic<std::uint64_t> random_state_;
-  std::atomic<std::uint64_t> epoch_{0};  // Invalidate() calls so far
-  std::shared_ptr<Metrics> metrics_;     // shared with the registry's collector
+  std::atomic<std::uint64_t> epoch_{0};                    // Invalidate() calls so far
+  const std::uint64_t instance_ = core::NextInstanceId();  // for the per-thread copies
+  std::shared_ptr<Metrics> metrics_;                       // shared with the registry's collector
   // Lock-free lookup of a chain's route statistics, keyed by its RoutePolicy's address.
   std::array<std::atomic<const RouteSlot*>, kRouteSlots> route_slots_{};
   std::unique_ptr<FlightShard[]> flights_;

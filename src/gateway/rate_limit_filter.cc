@@ -41,17 +41,36 @@ cache::GcraResult LocalRateLimiter::Check(std::uint64_t caller, std::int64_t lim
       }
     }
   };
+  struct Memo {
+    std::uint64_t owner = 0;
+    std::uint64_t caller = 0;
+    std::uint64_t sweeps = 0;
+    std::shared_ptr<std::atomic<std::int64_t>> tat;
+  };
+  thread_local Memo memo;
+  const std::uint64_t sweeps = shard.sweeps.load(std::memory_order_acquire);
+  if (memo.owner == instance_ && memo.caller == caller && memo.sweeps == sweeps && memo.tat) {
+    return step(*memo.tat);
+  }
+  std::shared_ptr<std::atomic<std::int64_t>> tat;
   {
     std::shared_lock lock(shard.mu);
-    if (auto it = shard.tat_us.find(caller); it != shard.tat_us.end()) return step(it->second);
+    if (auto it = shard.tat_us.find(caller); it != shard.tat_us.end()) tat = it->second;
   }
-  std::unique_lock lock(shard.mu);
-  if (shard.tat_us.size() > kSweepAbove) {
-    std::erase_if(shard.tat_us, [now_us](const auto& entry) {
-      return entry.second.load(std::memory_order_relaxed) <= now_us;
-    });
+  if (!tat) {
+    std::unique_lock lock(shard.mu);
+    if (shard.tat_us.size() > kSweepAbove) {
+      std::erase_if(shard.tat_us, [now_us](const auto& entry) {
+        return entry.second->load(std::memory_order_relaxed) <= now_us;
+      });
+      shard.sweeps.fetch_add(1, std::memory_order_acq_rel);
+    }
+    auto& slot = shard.tat_us[caller];
+    if (!slot) slot = std::make_shared<std::atomic<std::int64_t>>(0);
+    tat = slot;
   }
-  return step(shard.tat_us.try_emplace(caller, 0).first->second);
+  memo = Memo{instance_, caller, sweeps, tat};
+  return step(*tat);
 }
 
 RateLimitFilter::RateLimitFilter(Options options) : options_(options) {

@@ -33,6 +33,7 @@
 #include <unordered_map>
 
 #include "cache/gcra.h"
+#include "core/ids.h"
 #include "gateway/filter.h"
 
 namespace megaserve::metrics {
@@ -64,13 +65,18 @@ class LocalRateLimiter {
   // Buckets are dropped once full again (their arrival time has passed); swept
   // when a shard grows past this.
   static constexpr std::size_t kSweepAbove = 4096;
-  // Checks of known callers take the lock shared and update the arrival time with a
-  // compare-and-swap, so one busy caller on every I/O thread does not serialize them.
+  // Each thread remembers the bucket of the caller it saw last, so a busy caller's checks touch
+  // only the bucket's arrival time (one compare-and-swap), not the shard's lock. A sweep bumps
+  // `sweeps`, which makes every remembered bucket of the shard be looked up again; buckets are
+  // shared_ptrs, so one still held by a thread outlives the sweep (a swept bucket was full, the
+  // same state as a new one, so at most one request per sweep is counted on the old one).
   struct alignas(64) Shard {
     std::shared_mutex mu;
-    std::unordered_map<std::uint64_t, std::atomic<std::int64_t>> tat_us;  // nodes are stable
+    std::unordered_map<std::uint64_t, std::shared_ptr<std::atomic<std::int64_t>>> tat_us;
+    std::atomic<std::uint64_t> sweeps{0};
   };
   std::array<Shard, kShards> shards_;
+  const std::uint64_t instance_ = core::NextInstanceId();  // for per-thread memos
 };
 
 class RateLimitFilter final : public Filter {
