@@ -138,11 +138,8 @@ Response StoreError(const core::Status& s) {
     case core::StatusCode::kFailedPrecondition:
       return net::ErrorResponse(409, "job_finished", s.message());
     case core::StatusCode::kUnavailable:
-    case core::StatusCode::kResourceExhausted: {
-      Response r = net::ErrorResponse(503, "store_unavailable", s.message());
-      r.headers.emplace_back("Retry-After", "1");
-      return r;
-    }
+    case core::StatusCode::kResourceExhausted:
+      return StoreUnavailable(s);
     default:
       return net::ErrorResponse(500, "internal", s.message());
   }

@@ -68,11 +68,8 @@ Response StoreError(const core::Status& s) {
     case core::StatusCode::kInvalidArgument:
       return BadParam(s.message(), "");
     case core::StatusCode::kUnavailable:
-    case core::StatusCode::kResourceExhausted: {
-      Response r = net::ErrorResponse(503, "store_unavailable", s.message());
-      r.headers.emplace_back("Retry-After", "1");
-      return r;
-    }
+    case core::StatusCode::kResourceExhausted:
+      return StoreUnavailable(s);
     default:
       return net::ErrorResponse(500, "internal_error", s.message());
   }

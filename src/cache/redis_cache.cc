@@ -1,18 +1,10 @@
 #include "cache/redis_cache.h"
 
-#include <chrono>
 #include <utility>
 
+#include "core/time_format.h"
+
 namespace megaserve::cache {
-namespace {
-
-std::int64_t UnixNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 RedisCache::RedisCache(RedisPool& pool) : pool_(pool) {}
 
@@ -38,7 +30,7 @@ void RedisCache::Get(const CacheKey& key, GetCallback done) {
 
 void RedisCache::Put(const CacheKey& key, std::shared_ptr<const CachedResponse> entry) {
   if (!entry) return;
-  const std::int64_t px = entry->DiscardAtMs() - UnixNowMs();
+  const std::int64_t px = entry->DiscardAtMs() - core::NowMicros() / 1000;
   if (px <= 0) return;
   pool_.Command({"SET", RedisKey(key), EncodeCachedResponse(*entry), "PX", std::to_string(px)},
                 nullptr);

@@ -12,7 +12,7 @@ namespace megaserve::gateway {
 // the client's request.
 struct OwnedRequest {
   std::string method_text, target, body, request_id, remote_addr;
-  std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
+  std::vector<std::pair<std::string, std::string>> headers;  // as received
   std::vector<std::pair<std::string, std::string>> params;
   net::Request request;
 
@@ -23,9 +23,7 @@ struct OwnedRequest {
         request_id(from.request_id),
         remote_addr(from.remote_addr) {
     from.ForEachHeader([this](std::string_view name, std::string_view value) {
-      std::string lower(name);
-      for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      headers.emplace_back(std::move(lower), std::string(value));
+      headers.emplace_back(std::string(name), std::string(value));
     });
     request.method = from.method;
     request.method_text = method_text;
@@ -52,12 +50,7 @@ struct OwnedRequest {
 
   static std::string_view Find(const void* self, std::string_view name) {
     for (const auto& [n, v] : static_cast<const OwnedRequest*>(self)->headers) {
-      if (n.size() == name.size() &&
-          std::equal(n.begin(), n.end(), name.begin(), [](char a, char b) {
-            return a == std::tolower(static_cast<unsigned char>(b));
-          })) {
-        return v;
-      }
+      if (net::EqualsIgnoreCase(n, name)) return v;
     }
     return {};
   }

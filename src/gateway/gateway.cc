@@ -169,7 +169,7 @@ core::Status Gateway::Install(net::Router& router) {
     }
     std::vector<Filter*> filters = FiltersFor(policy);
     if (filters.empty()) continue;
-    bool proxied = !filters.empty() && filters.back() == proxy_.get() && proxy_;
+    const bool proxied = proxy_ && filters.back() == proxy_.get();
     for (std::size_t m = 0; m < net::kMethodCount; ++m) {
       auto method = static_cast<net::Method>(m);
       if (!route->Handles(method) || route->hybrid[m]) continue;
@@ -198,11 +198,6 @@ void Gateway::Stop() {
 
 void Gateway::Invalidate(std::string_view route, std::string_view path) {
   cache_->Invalidate(route, path);
-}
-
-Upstream* Gateway::upstream(std::string_view name) {
-  auto it = upstreams_.find(name);
-  return it == upstreams_.end() ? nullptr : it->second.get();
 }
 
 }  // namespace megaserve::gateway

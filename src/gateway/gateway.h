@@ -83,12 +83,8 @@ class Gateway {
   // have stopped.
   void Stop();
 
-  KeyCache& key_cache() { return *key_cache_; }
-  bool keys_required() const { return keys_required_; }
   // Drops the cached GET of `path` on `route` from both cache tiers (see CacheFilter).
   void Invalidate(std::string_view route, std::string_view path);
-  // The upstream group named `name`, or null.
-  Upstream* upstream(std::string_view name);
 
  private:
   explicit Gateway(GatewayOptions options);

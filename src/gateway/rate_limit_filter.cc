@@ -10,16 +10,11 @@
 #include <string>
 
 #include "cache/redis_gcra.h"
+#include "core/time_format.h"
 #include "metrics/registry.h"
 
 namespace megaserve::gateway {
 namespace {
-
-std::int64_t NowMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Seconds rounded up, for Retry-After and the t parameter.
 std::int64_t CeilSeconds(std::int64_t ms) { return ms <= 0 ? 0 : (ms + 999) / 1000; }
@@ -119,7 +114,7 @@ void RateLimitFilter::OnRequest(Exchange& ex) {
   std::uint64_t caller = XXH3_64bits(buf, n);
 
   if (!redis_) {
-    return Decide(ex, local_.Check(caller, limit, period, NowMicros()), limit, period);
+    return Decide(ex, local_.Check(caller, limit, period, core::NowMicros()), limit, period);
   }
   ex.Suspend();
   char key[24];
@@ -128,7 +123,7 @@ void RateLimitFilter::OnRequest(Exchange& ex) {
                 [this, &ex, caller, limit, period](core::Result<cache::GcraResult> r) {
                   if (r.ok()) return Decide(ex, *r, limit, period);
                   if (fallbacks_) fallbacks_->Inc();
-                  Decide(ex, local_.Check(caller, limit, period, NowMicros()), limit, period);
+                  Decide(ex, local_.Check(caller, limit, period, core::NowMicros()), limit, period);
                 });
 }
 

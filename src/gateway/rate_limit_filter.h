@@ -95,9 +95,6 @@ class RateLimitFilter final : public Filter {
   std::string_view name() const override { return "rate_limit"; }
   void OnRequest(Exchange& ex) override;
 
-  // The local buckets (also the fallback in global mode).
-  LocalRateLimiter& local() { return local_; }
-
  private:
   void Decide(Exchange& ex, const cache::GcraResult& r, std::int64_t limit, Duration period);
 

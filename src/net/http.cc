@@ -63,13 +63,6 @@ std::string_view Request::QueryParam(std::string_view name) const {
 
 namespace {
 
-bool SameName(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // Finds `name` in "\r\nName: value" lines.
 std::string_view FindInLines(std::string_view lines, std::string_view name) {
   while (!lines.empty()) {
@@ -77,7 +70,7 @@ std::string_view FindInLines(std::string_view lines, std::string_view name) {
     std::size_t end = lines.find("\r\n");
     std::string_view line = lines.substr(0, end);
     std::size_t colon = line.find(':');
-    if (colon != std::string_view::npos && SameName(line.substr(0, colon), name)) {
+    if (colon != std::string_view::npos && EqualsIgnoreCase(line.substr(0, colon), name)) {
       std::string_view value = line.substr(colon + 1);
       while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
       return value;
@@ -90,9 +83,16 @@ std::string_view FindInLines(std::string_view lines, std::string_view name) {
 
 }  // namespace
 
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
 std::string_view Response::HeaderValue(std::string_view name) const {
   for (const auto& [n, v] : headers) {
-    if (SameName(n, name)) return v;
+    if (EqualsIgnoreCase(n, name)) return v;
   }
   if (header_lines) {
     if (std::string_view v = FindInLines(*header_lines, name); !v.empty()) return v;

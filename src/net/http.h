@@ -18,6 +18,9 @@ namespace megaserve::net {
 enum class Method : uint8_t { kGet, kHead, kPost, kPut, kDelete, kPatch, kOptions, kOther };
 inline constexpr std::size_t kMethodCount = 8;
 
+// ASCII case-insensitive equality, for header names and tokens.
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
 // "GET" -> kGet; anything unknown -> kOther.
 Method ParseMethod(std::string_view text);
 // kGet -> "GET".
