@@ -109,15 +109,19 @@ XXH128_hash_t HashParts(Sink& sink, const KeyParts& parts) {
   PutPart(sink, parts.method);
   PutPart(sink, parts.route);
   PutPart(sink, parts.path);
-  WithSortedPieces(parts.query, [&](std::span<const std::string_view> pieces) {
-    std::size_t length = pieces.empty() ? 0 : pieces.size() - 1;  // the '&' separators
-    for (std::string_view piece : pieces) length += piece.size();
-    PutLength(sink, length);
-    for (std::size_t i = 0; i < pieces.size(); ++i) {
-      if (i > 0) sink.Put("&", 1);
-      sink.Put(pieces[i].data(), pieces[i].size());
-    }
-  });
+  if (parts.query.empty()) {
+    PutLength(sink, 0);  // what the general case below feeds for no pieces, without its table
+  } else {
+    WithSortedPieces(parts.query, [&](std::span<const std::string_view> pieces) {
+      std::size_t length = pieces.empty() ? 0 : pieces.size() - 1;  // the '&' separators
+      for (std::string_view piece : pieces) length += piece.size();
+      PutLength(sink, length);
+      for (std::size_t i = 0; i < pieces.size(); ++i) {
+        if (i > 0) sink.Put("&", 1);
+        sink.Put(pieces[i].data(), pieces[i].size());
+      }
+    });
+  }
   PutPart(sink, parts.body);
   PutLength(sink, parts.vary.size());
   for (const auto& [name, value] : parts.vary) {

@@ -40,10 +40,22 @@ constexpr std::string_view kBase62 =
 constexpr std::string_view kIdAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
 constexpr std::size_t kMaxNameBytes = 200;
 
-bool IsBase62(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+// Character classes as lookup tables: every request's token is checked character by character.
+constexpr std::uint8_t kIdClass = 1;      // [0-9a-z]
+constexpr std::uint8_t kBase62Class = 2;  // [0-9A-Za-z]
+constexpr std::array<std::uint8_t, 256> kCharClass = [] {
+  std::array<std::uint8_t, 256> t{};
+  for (char c : kIdAlphabet) t[static_cast<unsigned char>(c)] |= kIdClass;
+  for (char c : kBase62) t[static_cast<unsigned char>(c)] |= kBase62Class;
+  return t;
+}();
+
+// True when every character of `s` is in `cls`.
+bool AllIn(std::string_view s, std::uint8_t cls) {
+  std::uint8_t all = cls;
+  for (char c : s) all &= kCharClass[static_cast<unsigned char>(c)];
+  return all == cls;
 }
-bool IsIdChar(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); }
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -70,8 +82,10 @@ Result<std::string> RandomString(std::string_view alphabet, std::size_t n) {
   return out;
 }
 
+// The flush schedule runs on the coarse monotonic clock: it is read on every request, and a
+// flush is due within a few milliseconds of its time.
 int64_t SteadyNanos() {
-  return std::chrono::steady_clock::now().time_since_epoch() / std::chrono::nanoseconds(1);
+  return core::CoarseSteadyNow().time_since_epoch() / std::chrono::nanoseconds(1);
 }
 
 // The columns ReadKey expects, in order.
@@ -167,8 +181,16 @@ bool ScopeAllows(std::uint32_t scopes, std::string_view needed) {
   return false;
 }
 
-bool IsKeyId(std::string_view id) {
-  return id.size() == kKeyIdLength && std::all_of(id.begin(), id.end(), IsIdChar);
+bool IsKeyId(std::string_view id) { return id.size() == kKeyIdLength && AllIn(id, kIdClass); }
+
+std::optional<ParsedToken> SplitToken(std::string_view token) {
+  if (!token.starts_with(kTokenPrefix)) return std::nullopt;
+  std::string_view rest = token.substr(kTokenPrefix.size());
+  if (rest.size() < kKeyIdLength + 1 + kSecretLength ||
+      rest.size() > kKeyIdLength + 1 + kMaxSecretLength || rest[kKeyIdLength] != '_') {
+    return std::nullopt;
+  }
+  return ParsedToken{rest.substr(0, kKeyIdLength), rest.substr(kKeyIdLength + 1)};
 }
 
 Result<ParsedToken> ParseToken(std::string_view token) {
@@ -182,7 +204,7 @@ Result<ParsedToken> ParseToken(std::string_view token) {
   }
   std::string_view secret = rest.substr(kKeyIdLength + 1);
   if (secret.size() < kSecretLength || secret.size() > kMaxSecretLength ||
-      !std::all_of(secret.begin(), secret.end(), IsBase62)) {
+      !AllIn(secret, kBase62Class)) {
     return core::InvalidArgument("malformed API key: bad secret");
   }
   return ParsedToken{rest.substr(0, kKeyIdLength), secret};
@@ -527,26 +549,41 @@ std::optional<KeyCheck> KeyCache::Answer(const Entry& e, const SecretHash& hash,
   return check;
 }
 
-std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_view secret) {
-  const SecretHash hash = HashSecretMemo(secret);
-  const Clock::time_point now = core::CoarseSteadyNow();
-  Shard& shard = ShardFor(id);
-  // The last answer this thread gave, reused while nothing in the cache changed (epoch) and the
-  // entry is still fresh: a busy key's checks then share no lock word between I/O threads.
-  struct Memo {
-    std::uint64_t owner = 0;
-    std::string id;
-    SecretHash hash{};
-    KeyCheck check;
-    std::uint64_t epoch = 0;
-    Clock::time_point until{};
-  };
-  thread_local Memo memo;
-  const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
-  if (memo.owner == instance_ && memo.epoch == epoch && now < memo.until && memo.id == id &&
-      CRYPTO_memcmp(memo.hash.data(), hash.data(), hash.size()) == 0) {
+namespace {
+
+// The last valid key a thread saw, reused while nothing in the cache changed (epoch) and the
+// entry is still fresh: a busy key's checks then parse and hash nothing and share no lock word
+// between I/O threads. The presented secret must equal the remembered one (compared in constant
+// time), so the memo can never make a wrong secret pass.
+struct VerifyMemo {
+  std::uint64_t owner = 0;
+  std::string id;
+  std::string secret;
+  KeyCheck check;
+  std::uint64_t epoch = 0;
+  std::chrono::steady_clock::time_point until{};
+};
+thread_local VerifyMemo verify_memo;
+
+}  // namespace
+
+std::optional<KeyCheck> KeyCache::Remembered(std::string_view id, std::string_view secret) {
+  const VerifyMemo& memo = verify_memo;
+  if (memo.owner == instance_ && memo.epoch == epoch_.load(std::memory_order_acquire) &&
+      core::CoarseSteadyNow() < memo.until && memo.id == id &&
+      memo.secret.size() == secret.size() &&
+      CRYPTO_memcmp(memo.secret.data(), secret.data(), secret.size()) == 0) {
     return memo.check;
   }
+  return std::nullopt;
+}
+
+std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_view secret) {
+  if (auto check = Remembered(id, secret)) return check;
+  const Clock::time_point now = core::CoarseSteadyNow();
+  const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);
+  const SecretHash hash = HashSecretMemo(secret);
+  Shard& shard = ShardFor(id);
   bool stale = false;
   std::optional<KeyCheck> check;
   Clock::time_point fresh_until{};
@@ -558,9 +595,10 @@ std::optional<KeyCheck> KeyCache::TryVerify(std::string_view id, std::string_vie
     fresh_until = it->second.fetched_at + options_.fresh;
   }
   if (check && check->outcome == KeyCheck::Outcome::kOk && !stale) {
+    VerifyMemo& memo = verify_memo;
     memo.owner = instance_;
     memo.id.assign(id);
-    memo.hash = hash;
+    memo.secret.assign(secret);
     memo.check = *check;
     memo.epoch = epoch;
     memo.until = fresh_until;

@@ -92,6 +92,10 @@ struct ParsedToken {
 // secret (32 to 128 × [0-9A-Za-z]) is malformed. The message never contains the token.
 core::Result<ParsedToken> ParseToken(std::string_view token);
 
+// The parts of anything shaped like a token (prefix, lengths, separator), without checking its
+// characters; nullopt otherwise. Only for comparing with a token already known to be valid.
+std::optional<ParsedToken> SplitToken(std::string_view token);
+
 // True when `id` has the shape of a key id (12 × [a-z0-9]).
 bool IsKeyId(std::string_view id);
 
@@ -256,6 +260,12 @@ class KeyCache {
   // the store (it may queue a background refresh); nullopt when the store must be read first,
   // which Fetch() does. Any thread.
   std::optional<KeyCheck> TryVerify(std::string_view id, std::string_view secret);
+
+  // TryVerify's answer when it is this thread's last valid key, presented again (the secret is
+  // compared in constant time) while its entry is fresh and nothing in the cache has changed;
+  // nullopt otherwise. A match implies a well-formed token, so the parts may come from
+  // SplitToken. Any thread.
+  std::optional<KeyCheck> Remembered(std::string_view id, std::string_view secret);
 
   // Answers through `done`, which runs exactly once: at once on this thread when the cache can
   // answer now, otherwise on a pool thread after the store read (with kUnavailable when the read

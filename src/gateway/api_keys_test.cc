@@ -61,6 +61,24 @@ TEST(ApiKeyTokenTest, MalformedTokensAreRefusedWithoutEchoingThem) {
   EXPECT_TRUE(ParseToken("ms_abcdefghij09_" + std::string(128, 'z')).ok());
 }
 
+TEST(ApiKeyTokenTest, SplitTokenChecksTheShapeOnly) {
+  const std::string secret(32, 'Q');
+  const std::string token = "ms_abcdefghijkl_" + secret;
+  auto split = SplitToken(token);
+  ASSERT_TRUE(split.has_value());
+  EXPECT_EQ(split->id, "abcdefghijkl");
+  EXPECT_EQ(split->secret, secret);
+  // Characters are not checked: such a token can only match one already known to be valid.
+  EXPECT_TRUE(SplitToken("ms_ABCDEFGHIJKL_" + secret).has_value());
+  EXPECT_FALSE(ParseToken("ms_ABCDEFGHIJKL_" + secret).ok());
+  for (const std::string& token :
+       {std::string("ms_"), "sk_abcdefghijkl_" + secret, "ms_abcdefghijk_" + secret,
+        "ms_abcdefghijkl" + secret, "ms_abcdefghijkl_" + secret.substr(1),
+        "ms_abcdefghijkl_" + std::string(129, 'a')}) {
+    EXPECT_FALSE(SplitToken(token).has_value()) << token;
+  }
+}
+
 TEST(ApiKeyScopeTest, ParsesFormatsAndChecksScopes) {
   auto scopes = ParseScopes(" jobs, images ");
   ASSERT_TRUE(scopes.ok()) << scopes.status().ToString();
@@ -420,6 +438,42 @@ TEST_P(KeyCacheTest, LocalRevocationIsImmediate) {
   auto check = cache_->TryVerify(parsed.id, parsed.secret);
   ASSERT_TRUE(check.has_value());
   EXPECT_EQ(check->outcome, KeyCheck::Outcome::kRevoked);
+}
+
+TEST_P(KeyCacheTest, RememberedAnswersOnlyTheSameValidKeyWhileNothingChanged) {
+  MakeCache({.fresh = 10s, .max_age = 20s});
+  CreatedApiKey k = MustCreate("k", ScopeBit(Scope::kJobs), 7);
+  CreatedApiKey other = MustCreate("other");
+  auto parsed = *ParseToken(k.token);
+  auto other_parsed = *ParseToken(other.token);
+  EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret).has_value());  // never verified
+  ASSERT_EQ(cache_->Verify(parsed.id, parsed.secret).outcome, KeyCheck::Outcome::kOk);
+  EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret).has_value());  // read, not checked
+  ASSERT_EQ(cache_->TryVerify(parsed.id, parsed.secret)->outcome, KeyCheck::Outcome::kOk);
+
+  auto again = cache_->Remembered(parsed.id, parsed.secret);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->outcome, KeyCheck::Outcome::kOk);
+  EXPECT_EQ(again->name, "k");
+  EXPECT_EQ(again->quota, 7);
+  std::string wrong(parsed.secret);
+  wrong.back() = wrong.back() == 'x' ? 'y' : 'x';
+  EXPECT_FALSE(cache_->Remembered(parsed.id, wrong).has_value());
+  EXPECT_FALSE(cache_->Remembered(other_parsed.id, parsed.secret).has_value());
+  EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret.substr(1)).has_value());
+  // Another thread has its own memory.
+  std::thread([&] {
+    EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret).has_value());
+  }).join();
+
+  // Any change to the cache (here a revocation) forgets it at once.
+  ASSERT_TRUE(keys_->Revoke(other.key.id).ok());
+  EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret).has_value());
+  ASSERT_EQ(cache_->TryVerify(parsed.id, parsed.secret)->outcome, KeyCheck::Outcome::kOk);
+  EXPECT_TRUE(cache_->Remembered(parsed.id, parsed.secret).has_value());
+  ASSERT_TRUE(keys_->Revoke(k.key.id).ok());
+  EXPECT_FALSE(cache_->Remembered(parsed.id, parsed.secret).has_value());
+  EXPECT_EQ(cache_->Verify(parsed.id, parsed.secret).outcome, KeyCheck::Outcome::kRevoked);
 }
 
 TEST_P(KeyCacheTest, UsesAreFlushedOffTheCallerOncePerInterval) {
