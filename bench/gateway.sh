@@ -8,15 +8,16 @@
 #   static    nginx serving the auth+L1 body as a static file
 #   proxy     megaserve gateway proxying to a keep-alive upstream (an nginx static server)
 #   nginx-px  nginx proxy_pass (upstream keepalive) to the same upstream
-# wrk -t1 -cCONNECTIONS alternates between them ROUNDS times; medians and ratios are printed with
-# the acceptance targets.
+# wrk -t1 -cCONNECTIONS alternates between them ROUNDS times. Each ratio is taken per round from
+# two runs made back to back (the machine's speed drifts between rounds), and the median of the
+# rounds' ratios is printed with the acceptance target.
 #   bench/gateway.sh [BINARY]      (default build/release/megaserve)
-# Environment: ROUNDS (3), DURATION (5s), CONNECTIONS (64).
+# Environment: ROUNDS (7), DURATION (3s), CONNECTIONS (64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/release/megaserve}
-rounds=${ROUNDS:-3}
-duration=${DURATION:-5s}
+rounds=${ROUNDS:-7}
+duration=${DURATION:-3s}
 conns=${CONNECTIONS:-64}
 for tool in wrk nginx curl redis-server; do
   command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
@@ -147,12 +148,16 @@ check() {  # name url [header]: the body must be a 200 with the expected bytes
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
-names=(plain auth+L1 L2 static proxy nginx-px)
+# In this order, each ratio's two targets run back to back in every round.
+names=(plain auth+L1 static L2 nginx-px proxy)
 urls=("http://127.0.0.1:$pport/v1/status" "http://127.0.0.1:$aport/v1/status"
-      "http://127.0.0.1:$lport/v1/status" "http://127.0.0.1:$sport/status.json"
-      "http://127.0.0.1:$gport/static/status.json" "http://127.0.0.1:$xport/static/status.json")
-headers=("" "Authorization: Bearer $key" "Authorization: Bearer $key2" "" "" "")
-declare -A results
+      "http://127.0.0.1:$sport/status.json" "http://127.0.0.1:$lport/v1/status"
+      "http://127.0.0.1:$xport/static/status.json" "http://127.0.0.1:$gport/static/status.json")
+headers=("" "Authorization: Bearer $key" "" "Authorization: Bearer $key2" "" "")
+# ratio name, numerator, denominator, target
+pairs=("auth+L1 / plain|auth+L1|plain|0.90" "auth+L1 / static|auth+L1|static|1.00"
+       "L2 / static|L2|static|0.50" "proxy / nginx-px|proxy|nginx-px|0.50")
+declare -A results ratios
 for i in "${!names[@]}"; do
   args=(); [[ -n ${headers[$i]} ]] && args=(-H "${headers[$i]}")
   check "${names[$i]}" "${urls[$i]}" "${args[@]}"
@@ -163,24 +168,35 @@ l2_hits_before=$(curl -s "http://127.0.0.1:$lport/metrics" | awk '/^megaserve_ca
 echo "body: $body_bytes bytes; access logs off; wrk -t1 -c$conns -d$duration; $rounds rounds; $(nproc) cores"
 printf '%-6s %-10s %12s\n' round target "requests/s"
 for r in $(seq "$rounds"); do
+  declare -A this=()
   for i in "${!names[@]}"; do
     args=(); [[ -n ${headers[$i]} ]] && args=(-H "${headers[$i]}")
     rps=$(run_wrk "${urls[$i]}" "${args[@]}")
     results[${names[$i]}]+="$rps "
+    this[${names[$i]}]=$rps
     printf '%-6s %-10s %12s\n' "$r" "${names[$i]}" "$rps"
   done
+  line="round $r ratios:"
+  for pair in "${pairs[@]}"; do
+    IFS='|' read -r label num den _ <<< "$pair"
+    x=$(ratio "${this[$num]}" "${this[$den]}")
+    ratios[$label]+="$x "
+    line+="  $label $x"
+  done
+  echo "$line"
 done
 l2_hits_after=$(curl -s "http://127.0.0.1:$lport/metrics" | awk '/^megaserve_cache_requests_total\{.*result="l2_hit"/ {s += $2} END {print s + 0}')
 
-declare -A med
-for n in "${names[@]}"; do
-  # shellcheck disable=SC2086
-  med[$n]=$(median ${results[$n]})
-done
 echo
-echo "medians (requests/s): $(for n in "${names[@]}"; do printf '%s %s  ' "$n" "${med[$n]}"; done)"
-echo "auth+L1 / plain:     $(ratio "${med[auth+L1]}" "${med[plain]}")x (target >= 0.90x)"
-echo "auth+L1 / static:    $(ratio "${med[auth+L1]}" "${med[static]}")x (target >= 1.00x)"
-echo "L2 / static:         $(ratio "${med[L2]}" "${med[static]}")x (target >= 0.50x)"
-echo "proxy / nginx-px:    $(ratio "${med[proxy]}" "${med[nginx-px]}")x (target >= 0.50x)"
+printf 'medians (requests/s):'
+# shellcheck disable=SC2086
+for n in "${names[@]}"; do printf ' %s %s ' "$n" "$(median ${results[$n]})"; done
+echo
+echo "ratios, median over the rounds (each round's ratio from back-to-back runs):"
+for pair in "${pairs[@]}"; do
+  IFS='|' read -r label _ _ target <<< "$pair"
+  # shellcheck disable=SC2086
+  printf '  %-17s %sx (target >= %sx; rounds: %s)\n' "$label:" "$(median ${ratios[$label]})" \
+    "$target" "${ratios[$label]% }"
+done
 echo "L2 instance served $((l2_hits_after - l2_hits_before)) Redis hits during the runs"
