@@ -1,8 +1,10 @@
 #include "api/model_routes.h"
 
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string_view>
@@ -81,6 +83,82 @@ Response ModelError(const core::Status& s) {
   }
 }
 
+// A POST /v1/models/{name}/infer body: {"input": any JSON, "priority": 1.., "timeout_ms": >0,
+// "bucket": "..."}; input is required.
+struct InferRequest {
+  std::string input;  // as JSON text
+  batching::SubmitOptions options;
+  std::string bucket;
+  std::optional<Response> error;
+};
+
+InferRequest ParseInferRequest(const std::string& body) {
+  InferRequest out;
+  auto bad = [&out](std::string_view code, std::string message, std::string_view param) {
+    out.error = net::ErrorResponse(400, code, message, param);
+    return out;
+  };
+  rapidjson::Document d;
+  d.Parse(body.c_str(), body.size());
+  if (d.HasParseError() || !d.IsObject()) {
+    return bad("invalid_json", "the body must be a JSON object", "");
+  }
+  bool has_input = false;
+  for (auto& m : d.GetObject()) {
+    std::string_view name(m.name.GetString(), m.name.GetStringLength());
+    if (name == "input") {
+      rapidjson::StringBuffer sb;
+      rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+      m.value.Accept(w);
+      out.input.assign(sb.GetString(), sb.GetSize());
+      has_input = true;
+    } else if (name == "priority") {
+      if (!m.value.IsInt() || m.value.GetInt() < 1) {
+        return bad("invalid_priority", "priority must be an integer >= 1 (1 is the highest)",
+                   "priority");
+      }
+      out.options.priority = m.value.GetInt();
+    } else if (name == "timeout_ms") {
+      if (!m.value.IsNumber() || !(m.value.GetDouble() > 0)) {
+        return bad("invalid_timeout", "timeout_ms must be a number > 0", "timeout_ms");
+      }
+      out.options.deadline = batching::Clock::Steady().Now() +
+                             std::chrono::duration_cast<batching::Clock::Duration>(
+                                 std::chrono::duration<double, std::milli>(m.value.GetDouble()));
+    } else if (name == "bucket") {
+      if (!m.value.IsString()) return bad("invalid_bucket", "bucket must be a string", "bucket");
+      out.bucket.assign(m.value.GetString(), m.value.GetStringLength());
+    } else {
+      return bad("unknown_field", "unknown field \"" + std::string(name) + "\"", name);
+    }
+  }
+  if (!has_input) return bad("missing_input", "the body needs an \"input\"", "input");
+  return out;
+}
+
+// The response to an inference that did not succeed.
+Response InferError(const core::Status& s) {
+  switch (s.code()) {
+    case core::StatusCode::kResourceExhausted: {
+      Response r = net::ErrorResponse(429, "queue_full", s.message());
+      r.headers.emplace_back("Retry-After",
+                             std::to_string(batching::RetryAfterSeconds(s).value_or(1)));
+      return r;
+    }
+    case core::StatusCode::kDeadlineExceeded:
+      return net::ErrorResponse(504, "deadline_exceeded", s.message(), "timeout_ms");
+    case core::StatusCode::kUnavailable: {
+      Response r = net::ErrorResponse(503, "model_unavailable", s.message(), "name");
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    case core::StatusCode::kInvalidArgument:
+      return net::ErrorResponse(400, "invalid_input", s.message(), "input");
+    default:
+      return net::ErrorResponse(500, "inference_failed", s.message());
+  }
+}
+
 Response InfoResponse(const core::Result<models::ModelInfo>& info) {
   if (!info.ok()) return ModelError(info.status());
   return net::JsonResponse(200, ModelJson(*info));
@@ -137,8 +215,50 @@ void RegisterModelRoutes(net::Router& router, const ModelsContext& ctx) {
     });
   });
 
-  // Load and unload are administrative. There is no authentication layer yet, so anyone who can
-  // reach the API can call them; put them behind one when it exists.
+  // Acquiring may load the model (blocking), so it runs on the pool; the request then waits in
+  // the model's batcher, holding no thread, and the batcher's thread answers.
+  router.AddAsync(
+      Method::kPost, "/v1/models/{name}/infer", [ctx](const Request& req, net::Reply reply) {
+        auto parsed = std::make_shared<InferRequest>(ParseInferRequest(std::string(req.body)));
+        if (parsed->error) return reply(std::move(*parsed->error));
+        auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
+        bool queued =
+            ctx.pool->Submit([ctx, shared_reply, parsed, name = std::string(req.Param("name"))] {
+              auto handle = ctx.repository->Acquire(name);
+              if (!handle.ok()) {
+                (*shared_reply)(handle.status().code() == core::StatusCode::kUnavailable
+                                    ? InferError(handle.status())
+                                    : ModelError(handle.status()));
+                return;
+              }
+              auto held = std::make_shared<models::ModelHandle>(std::move(*handle));
+              parsed->options.bucket = parsed->bucket;
+              held->Infer(std::move(parsed->input), parsed->options,
+                          [shared_reply, held, parsed](core::Result<std::string> out) {
+                            if (!out.ok()) return (*shared_reply)(InferError(out.status()));
+                            rapidjson::StringBuffer sb;
+                            Writer w(sb);
+                            w.StartObject();
+                            WriteString(w, "object", "inference");
+                            WriteString(w, "model", held->name());
+                            w.Key("version");
+                            w.Int(held->version());
+                            w.Key("output");
+                            w.RawValue(out->data(), out->size(), rapidjson::kObjectType);
+                            w.EndObject();
+                            (*shared_reply)(
+                                net::JsonResponse(200, std::string(sb.GetString(), sb.GetSize())));
+                          });
+            });
+        if (!queued) {
+          Response r =
+              net::ErrorResponse(503, "overloaded", "too many requests waiting for a thread");
+          r.headers.emplace_back("Retry-After", "1");
+          (*shared_reply)(std::move(r));
+        }
+      });
+
+  // Load and unload are administrative: the gateway's built-in policy asks for the admin scope.
   router.AddAsync(
       Method::kPost, "/v1/models/{name}/load", [ctx](const Request& req, net::Reply reply) {
         RunOffLoop(ctx.pool, std::move(reply), [ctx, name = std::string(req.Param("name"))] {

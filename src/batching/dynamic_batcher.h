@@ -30,7 +30,8 @@
 //    batches (or priorities) finish them out of order; a result waits for all earlier ones.
 //
 // Threads. Each of `instances` worker threads waits for a ready batch, takes it, calls the
-// backend and delivers the results. With `instances` = 0 no thread is started and the owner
+// backend and delivers the results. One more thread fails queued requests as their deadlines
+// pass, also while every instance is busy. With `instances` = 0 no thread is started and the owner
 // drives the batcher with Poll(), one step at a time; tests do this with a FakeClock.
 #pragma once
 
@@ -142,6 +143,7 @@ class DynamicBatcher {
     options_.default_priority = std::clamp(options_.default_priority, 1, options_.priority_levels);
     std::sort(options_.preferred_batch_sizes.begin(), options_.preferred_batch_sizes.end());
     for (int i = 0; i < options_.instances; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+    if (options_.instances > 0) timer_ = std::thread([this] { TimerLoop(); });
   }
   // Stop()s.
   ~DynamicBatcher() { Stop(); }
@@ -214,6 +216,8 @@ class DynamicBatcher {
       stopping_ = true;
     }
     cv_.notify_all();
+    timer_cv_.notify_all();
+    if (timer_.joinable()) timer_.join();
     for (auto& w : workers_) w.join();
     workers_.clear();
     while (queued() > 0) Poll();
@@ -284,13 +288,19 @@ class DynamicBatcher {
     e->bucket = &bucket;
     e->id = ++last_id_;
     const uint64_t id = e->id;
-    if (e->deadline) deadlines_.emplace(*e->deadline, e.get());
+    // The deadline timer sleeps until the earliest deadline; a new earliest one wakes it.
+    bool earliest = false;
+    if (e->deadline) {
+      auto at = deadlines_.emplace(*e->deadline, e.get()).first;
+      earliest = at == deadlines_.begin();
+    }
     bucket.levels[e->priority - 1].push_back(std::move(e));
     ++bucket.count;
     ++queued_;
     metrics_.pending.Inc();
     lock.unlock();
     cv_.notify_one();
+    if (earliest) timer_cv_.notify_one();
     return id;
   }
 
@@ -443,6 +453,24 @@ class DynamicBatcher {
     }
   }
 
+  // Fails queued requests as their deadlines pass. Workers expire requests too, but only
+  // between batches: with every instance busy, this thread keeps the promise of the deadline.
+  void TimerLoop() {
+    std::vector<EntryPtr> expired;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      ExpireLocked(clock_->Now(), expired);
+      if (!expired.empty()) {
+        lock.unlock();
+        ExpireAll(expired);
+        lock.lock();
+        continue;
+      }
+      clock_->WaitUntil(timer_cv_, lock,
+                        deadlines_.empty() ? Clock::TimePoint::max() : deadlines_.begin()->first);
+    }
+  }
+
   // Runs `batch` (counted in flight) through the backend and delivers its results; leaves it
   // empty. Returns the number of requests passed to the backend.
   std::size_t Execute(std::vector<EntryPtr>& batch) {
@@ -550,6 +578,7 @@ class DynamicBatcher {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;                          // queue changed, slots freed, or stopping
+  std::condition_variable timer_cv_;                    // a new earliest deadline, or stopping
   std::map<std::string, Bucket, std::less<>> buckets_;  // guarded by mu_; never shrinks
   std::set<std::pair<Clock::TimePoint, Entry*>> deadlines_;  // guarded by mu_; queued only
   std::vector<std::size_t> taken_scratch_;                   // guarded by mu_
@@ -566,6 +595,7 @@ class DynamicBatcher {
 
   std::mutex stop_mu_;                // serializes Stop()
   std::vector<std::thread> workers_;  // joined by Stop() under stop_mu_
+  std::thread timer_;                 // expires deadlines; joined by Stop() under stop_mu_
 };
 
 }  // namespace megaserve::batching

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
 #include <mutex>
 #include <random>
@@ -224,6 +225,39 @@ TEST_F(DynamicBatcherTest, DeadlineTimerFiresWhileQueued) {
   EXPECT_EQ(backend_.flat(), (std::vector<int>{2}));
   EXPECT_EQ(Metrics().failure(FailureReason::kDeadline).Value(), 1u);
   EXPECT_EQ(Metrics().success.Value(), 1u);
+}
+
+TEST_F(DynamicBatcherTest, DeadlineTimerFiresWhileEveryInstanceIsBusy) {
+  auto o = PollOptions(clock_, registry_);
+  o.instances = 1;
+  o.max_queue_delay = milliseconds(0);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false, entered = false;
+  Batcher b(o, [&](std::vector<Req>& reqs) {
+    std::unique_lock lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+    return std::vector<Result>(reqs.size(), Result(1));
+  });
+  auto running = b.Submit({1, ""});
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
+  }
+  // The only instance is busy; the queued request's deadline passes all the same.
+  auto queued = b.Submit({2, ""}, Deadline(clock_.Now() + milliseconds(5)));
+  clock_.Advance(milliseconds(5));
+  ASSERT_EQ(queued.result.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(queued.result.get().status().code(), core::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(Ready(running.result));
+  {
+    std::lock_guard lock(mu);
+    open = true;
+  }
+  cv.notify_all();
+  EXPECT_TRUE(running.result.get().ok());
 }
 
 TEST_F(DynamicBatcherTest, DeadlineCheckedRightBeforeExecution) {

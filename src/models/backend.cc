@@ -6,6 +6,15 @@
 #include <system_error>
 
 namespace megaserve::models {
+
+std::vector<core::Result<std::string>> Model::InferBatch(
+    const std::vector<std::string>& inputs_json) {
+  std::vector<core::Result<std::string>> out;
+  out.reserve(inputs_json.size());
+  for (const std::string& input : inputs_json) out.push_back(Infer(input));
+  return out;
+}
+
 namespace {
 
 class EchoModel final : public Model {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 #include "models/model_config.h"
@@ -26,6 +27,12 @@ class Model {
 
   // Runs one request. Input and output are JSON text.
   virtual core::Result<std::string> Infer(std::string_view input_json) = 0;
+
+  // Runs one batch: one result per input, in order. The batcher calls this with the requests it
+  // grouped; the default runs Infer() on each, and a backend that gains from batching (one
+  // matrix product for all the inputs) overrides it.
+  virtual std::vector<core::Result<std::string>> InferBatch(
+      const std::vector<std::string>& inputs_json);
 };
 
 // What a factory is given to load one model.

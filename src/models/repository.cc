@@ -15,11 +15,34 @@ namespace megaserve::models {
 // One loaded version of a model. Shared by the repository (while it serves) and the handles on
 // it, so a version swapped out by a reload lives until its last request is done.
 struct ModelHandle::Loaded {
+  using Batcher = batching::DynamicBatcher<std::string, std::string>;
+
   std::string name;
   ModelConfig config;
   std::unique_ptr<Model> model;
+  // Declared after the model, so it stops (finishing its queue) before the model goes.
+  std::unique_ptr<Batcher> batcher;
   std::size_t memory = 0;
   int in_flight = 0;  // handles outstanding; guarded by Repository::mu_
+
+  // Starts the batcher the config asks for; the model must be loaded.
+  void StartBatcher(metrics::Registry* registry) {
+    const BatchingConfig& b = config.batching;
+    batching::DynamicBatcherOptions o;
+    o.model = name;
+    o.max_batch_size = static_cast<std::size_t>(b.max_batch_size);
+    o.max_queue_delay = b.max_queue_delay;
+    for (int size : b.preferred_batch_sizes) {
+      o.preferred_batch_sizes.push_back(static_cast<std::size_t>(size));
+    }
+    o.max_queue_size = static_cast<std::size_t>(b.max_queue_size);
+    o.priority_levels = b.priority_levels;
+    o.instances = config.instances;
+    o.registry = registry;
+    Model* m = model.get();
+    batcher = std::make_unique<Batcher>(
+        std::move(o), [m](std::vector<std::string>& inputs) { return m->InferBatch(inputs); });
+  }
 };
 
 // One load of one model: the single flight that concurrent callers wait on.
@@ -87,6 +110,11 @@ Model& ModelHandle::model() const { return *loaded_->model; }
 const ModelConfig& ModelHandle::config() const { return loaded_->config; }
 int ModelHandle::version() const { return loaded_->config.version; }
 const std::string& ModelHandle::name() const { return loaded_->name; }
+
+void ModelHandle::Infer(std::string input_json, const batching::SubmitOptions& options,
+                        std::function<void(core::Result<std::string>)> done) const {
+  loaded_->batcher->Submit(std::move(input_json), options, std::move(done));
+}
 
 void ModelHandle::Release() {
   if (!loaded_) return;
@@ -209,6 +237,7 @@ void Repository::RunLoad(Entry& entry, const std::shared_ptr<Attempt>& attempt) 
                                                                      out.status().message()));
             }
           }
+          if (status.ok()) loaded->StartBatcher(options_.registry);
         }
       } catch (const std::exception& e) {
         status = core::Internal(fmt::format("backend \"{}\" threw: {}", config->backend, e.what()));

@@ -22,6 +22,11 @@
 // fails with ResourceExhausted. A model's bytes are known only once it has loaded, so memory
 // briefly exceeds the bound while the newcomer loads.
 //
+// Batching: every loaded version serves its requests through its own batching::DynamicBatcher,
+// configured by the version's config.toml ([batching] and `instances` worker threads, each
+// calling Model::InferBatch). Warm-up inputs run before the batcher starts. When a version is
+// replaced or unloaded, its batcher finishes the requests it queued before the version goes.
+//
 // Thread-safe. One mutex guards the table of models; loads and warm-ups run without it.
 #pragma once
 
@@ -37,6 +42,7 @@
 #include <string_view>
 #include <vector>
 
+#include "batching/dynamic_batcher.h"
 #include "core/status.h"
 #include "models/backend.h"
 #include "models/model_config.h"
@@ -94,6 +100,15 @@ class ModelHandle {
   const ModelConfig& config() const;
   int version() const;
   const std::string& name() const;
+
+  // Queues one request on the model's batcher (config.toml's [batching] and `instances`);
+  // `done` receives the output JSON, on a batcher thread, or at once on this thread when the
+  // request is refused. Errors: kResourceExhausted when the queue is full (its message carries
+  // retry_after_s, see batching::RetryAfterSeconds), kDeadlineExceeded past options.deadline,
+  // kUnavailable while this version is being replaced or unloaded, or the backend's error. Keep
+  // the handle until `done` runs: unload waits for it.
+  void Infer(std::string input_json, const batching::SubmitOptions& options,
+             std::function<void(core::Result<std::string>)> done) const;
 
   // Gives the model back early; the handle is empty afterwards.
   void Release();

@@ -3,10 +3,15 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "test_support.h"
 
@@ -19,6 +24,16 @@ std::string Post(std::string_view path) {
   std::string r = "POST ";
   r += path;
   r += " HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n";
+  return r;
+}
+
+std::string PostJson(std::string_view path, std::string_view body) {
+  std::string r = "POST ";
+  r += path;
+  r += " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ";
+  r += std::to_string(body.size());
+  r += "\r\n\r\n";
+  r += body;
   return r;
 }
 
@@ -45,8 +60,62 @@ class ModelsApiTest : public ::testing::Test {
     std::ofstream(models + "/echo/weights.bin") << std::string(100, 'w');
     std::filesystem::create_directories(models + "/broken");
     std::ofstream(models + "/broken/config.toml") << "backend = \"no_such_backend\"\n";
+    // Served by the "gated" backend the inference tests register: one instance, batches of up
+    // to 4, and room for two queued requests.
+    std::filesystem::create_directories(models + "/gated");
+    std::ofstream(models + "/gated/config.toml")
+        << "backend = \"gated\"\ninstances = 1\n[batching]\nmax_batch_size = 4\n"
+           "max_queue_delay = \"1ms\"\nmax_queue_size = 2\n";
     return config;
   }
+
+  // A backend whose batches wait until Open(); records every batch's size.
+  struct Gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+    int waiting = 0;  // batches blocked at the gate
+    std::vector<std::size_t> batch_sizes;
+
+    void Open() {
+      std::lock_guard lock(mu);
+      open = true;
+      cv.notify_all();
+    }
+    bool WaitForBlockedBatch() {
+      std::unique_lock lock(mu);
+      return cv.wait_for(lock, std::chrono::seconds(10), [this] { return waiting > 0; });
+    }
+  };
+  class GatedModel final : public models::Model {
+   public:
+    explicit GatedModel(Gate& gate) : gate_(gate) {}
+    std::size_t memory_bytes() const override { return 1; }
+    core::Result<std::string> Infer(std::string_view input) override { return std::string(input); }
+    std::vector<core::Result<std::string>> InferBatch(
+        const std::vector<std::string>& inputs) override {
+      std::unique_lock lock(gate_.mu);
+      gate_.batch_sizes.push_back(inputs.size());
+      ++gate_.waiting;
+      gate_.cv.notify_all();
+      gate_.cv.wait(lock, [this] { return gate_.open; });
+      --gate_.waiting;
+      return Model::InferBatch(inputs);
+    }
+
+   private:
+    Gate& gate_;
+  };
+  void RegisterGate() {
+    server_.app().models().RegisterBackend("gated", [this](const models::ModelSpec&) {
+      return core::Result<std::unique_ptr<models::Model>>(std::make_unique<GatedModel>(gate_));
+    });
+  }
+
+  ~ModelsApiTest() override { gate_.Open(); }  // a failed test must not leave a batch blocked
+
+  Gate gate_;  // declared before the server, which may run batches until it stops
+  TestServer server_;
 
   void SetUp() override { server_.Start(); }
 
@@ -54,8 +123,6 @@ class ModelsApiTest : public ::testing::Test {
     RawClient c(server_.port());
     return c.Roundtrip(request);
   }
-
-  TestServer server_;
 };
 
 TEST_F(ModelsApiTest, ListsModels) {
@@ -65,7 +132,7 @@ TEST_F(ModelsApiTest, ListsModels) {
   EXPECT_THAT(r->Header("content-type"), HasSubstr("application/json"));
   auto d = Json(r->body);
   EXPECT_STREQ(d["object"].GetString(), "list");
-  ASSERT_EQ(d["data"].Size(), 2u);
+  ASSERT_EQ(d["data"].Size(), 3u);  // by name: broken, echo, gated
   const auto& broken = d["data"][0];
   EXPECT_STREQ(broken["name"].GetString(), "broken");
   const auto& echo = d["data"][1];
@@ -73,6 +140,7 @@ TEST_F(ModelsApiTest, ListsModels) {
   EXPECT_EQ(echo["version"].GetInt(), 2);
   EXPECT_STREQ(echo["status"].GetString(), "unavailable");
   EXPECT_EQ(echo["memory_bytes"].GetUint64(), 0u);
+  EXPECT_STREQ(d["data"][2]["name"].GetString(), "gated");
 }
 
 TEST_F(ModelsApiTest, LoadGetUnload) {
@@ -165,6 +233,104 @@ TEST_F(ModelsApiTest, UnloadWhileInUseWaitsAndLoadConflicts) {
   auto done = unloader.Read();
   ASSERT_TRUE(done);
   EXPECT_EQ(done->status, 200);
+}
+
+TEST_F(ModelsApiTest, InferenceAnswersEachRequestWithItsOwnOutput) {
+  std::vector<std::thread> clients;
+  std::vector<std::string> outputs(12);
+  for (int i = 0; i < 12; ++i) {
+    clients.emplace_back([&, i] {
+      RawClient c(server_.port());
+      auto r = c.Roundtrip(
+          PostJson("/v1/models/echo/infer", R"({"input":{"n":)" + std::to_string(i) + "}}"));
+      if (r && r->status == 200) outputs[i] = r->body;
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 12; ++i) {
+    EXPECT_EQ(outputs[i], R"({"object":"inference","model":"echo","version":2,"output":{"n":)" +
+                              std::to_string(i) + "}}");
+  }
+  auto metrics = Call(Get("/metrics"));
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body,
+              HasSubstr("megaserve_inference_request_success_total{model=\"echo\"} 12"));
+}
+
+TEST_F(ModelsApiTest, InferenceRefusesBadRequestsWithJsonErrors) {
+  struct Case {
+    std::string path, body, code;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {"/v1/models/echo/infer", "not json", "invalid_json", 400},
+      {"/v1/models/echo/infer", R"({"priority":1})", "missing_input", 400},
+      {"/v1/models/echo/infer", R"({"input":1,"priority":0})", "invalid_priority", 400},
+      {"/v1/models/echo/infer", R"({"input":1,"timeout_ms":-5})", "invalid_timeout", 400},
+      {"/v1/models/echo/infer", R"({"input":1,"extra":true})", "unknown_field", 400},
+      {"/v1/models/nope/infer", R"({"input":1})", "model_not_found", 404},
+      {"/v1/models/broken/infer", R"({"input":1})", "model_load_failed", 500},
+  };
+  for (const Case& c : cases) {
+    auto r = Call(PostJson(c.path, c.body));
+    ASSERT_TRUE(r) << c.body;
+    EXPECT_EQ(r->status, c.status) << c.body << " -> " << r->body;
+    EXPECT_STREQ(Json(r->body)["error"]["code"].GetString(), c.code.c_str()) << r->body;
+  }
+}
+
+TEST_F(ModelsApiTest, InferenceBatchesQueuedRequestsAndAFullQueueIs429) {
+  RegisterGate();
+  // The first request executes alone and blocks at the gate.
+  RawClient first(server_.port());
+  ASSERT_TRUE(first.Send(PostJson("/v1/models/gated/infer", R"({"input":0})")));
+  ASSERT_TRUE(gate_.WaitForBlockedBatch());
+  // Two more fill the queue (max_queue_size = 2); wait until the batcher counts both.
+  RawClient second(server_.port()), third(server_.port());
+  ASSERT_TRUE(second.Send(PostJson("/v1/models/gated/infer", R"({"input":1})")));
+  ASSERT_TRUE(third.Send(PostJson("/v1/models/gated/infer", R"({"input":2})")));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto m = Call(Get("/metrics"));
+    if (m && m->body.find("megaserve_inference_pending_requests{model=\"gated\"} 2") !=
+                 std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // A fourth finds the queue full: 429 at once, with Retry-After, and it never runs.
+  auto full = Call(PostJson("/v1/models/gated/infer", R"({"input":3})"));
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->status, 429) << full->body;
+  EXPECT_STREQ(Json(full->body)["error"]["code"].GetString(), "queue_full");
+  EXPECT_GE(std::atoi(full->Header("retry-after").c_str()), 1);
+  gate_.Open();
+  for (RawClient* c : {&first, &second, &third}) {
+    auto r = c->Read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+  std::lock_guard lock(gate_.mu);
+  // The two queued requests ran together, in one batch after the first.
+  EXPECT_EQ(gate_.batch_sizes, (std::vector<std::size_t>{1, 2}));
+}
+
+TEST_F(ModelsApiTest, InferencePastItsDeadlineIs504AndNeverRuns) {
+  RegisterGate();
+  RawClient first(server_.port());
+  ASSERT_TRUE(first.Send(PostJson("/v1/models/gated/infer", R"({"input":0})")));
+  ASSERT_TRUE(gate_.WaitForBlockedBatch());
+  // Queued behind the blocked batch, this one's 50 ms run out while it waits.
+  auto late = Call(PostJson("/v1/models/gated/infer", R"({"input":1,"timeout_ms":50})"));
+  ASSERT_TRUE(late);
+  EXPECT_EQ(late->status, 504) << late->body;
+  EXPECT_STREQ(Json(late->body)["error"]["code"].GetString(), "deadline_exceeded");
+  gate_.Open();
+  auto r = first.Read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  std::lock_guard lock(gate_.mu);
+  EXPECT_EQ(gate_.batch_sizes, (std::vector<std::size_t>{1}));
 }
 
 }  // namespace
