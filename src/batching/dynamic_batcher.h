@@ -223,6 +223,15 @@ class DynamicBatcher {
     while (queued() > 0) Poll();
   }
 
+  // True on one of the batcher's own threads (a worker or the deadline timer), where results
+  // are delivered: the batcher must not be destroyed there, since Stop() joins those threads.
+  bool OnOwnThread() const {
+    const auto self = std::this_thread::get_id();
+    if (timer_.get_id() == self) return true;
+    return std::any_of(workers_.begin(), workers_.end(),
+                       [self](const std::thread& w) { return w.get_id() == self; });
+  }
+
   // Requests queued and not yet dispatched.
   std::size_t queued() const {
     std::lock_guard<std::mutex> lock(mu_);

@@ -6,6 +6,7 @@
 #include <exception>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "metrics/registry.h"
@@ -24,6 +25,19 @@ struct ModelHandle::Loaded {
   std::unique_ptr<Batcher> batcher;
   std::size_t memory = 0;
   int in_flight = 0;  // handles outstanding; guarded by Repository::mu_
+
+  // A replaced version goes when its last handle does, and that can be a request's handle
+  // released by the result callback on one of the version's own batcher threads. Stopping the
+  // batcher there would join the very thread, so the batcher and the model are then destroyed
+  // on a thread of their own.
+  ~Loaded() {
+    if (batcher && batcher->OnOwnThread()) {
+      std::thread([b = std::move(batcher), m = std::move(model)]() mutable {
+        b.reset();  // finishes its work, then the model it calls goes
+        m.reset();
+      }).detach();
+    }
+  }
 
   // Starts the batcher the config asks for; the model must be loaded.
   void StartBatcher(metrics::Registry* registry) {

@@ -333,5 +333,25 @@ TEST_F(ModelsApiTest, InferencePastItsDeadlineIs504AndNeverRuns) {
   EXPECT_EQ(gate_.batch_sizes, (std::vector<std::size_t>{1}));
 }
 
+TEST_F(ModelsApiTest, AReloadWhileARequestRunsLetsItFinishOnTheOldVersion) {
+  RegisterGate();
+  RawClient running(server_.port());
+  ASSERT_TRUE(running.Send(PostJson("/v1/models/gated/infer", R"({"input":"old"})")));
+  ASSERT_TRUE(gate_.WaitForBlockedBatch());
+  // The reload swaps in a new version; the running request's handle is now the old version's
+  // last one, and it is released on the old version's own batcher thread.
+  auto reload = Call(Post("/v1/models/gated/load"));
+  ASSERT_TRUE(reload);
+  ASSERT_EQ(reload->status, 200) << reload->body;
+  gate_.Open();
+  auto r = running.Read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_THAT(r->body, HasSubstr(R"("output":"old")"));
+  auto after = Call(PostJson("/v1/models/gated/infer", R"({"input":"new"})"));
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200) << after->body;
+}
+
 }  // namespace
 }  // namespace megaserve::testing
