@@ -36,11 +36,7 @@ struct TestRequest {
         headers(std::move(headers_in)) {
     request.method = method;
     request.method_text = method_text;
-    request.target = target;
-    std::size_t q = target.find('?');
-    request.path = std::string_view(target).substr(0, q);
-    request.query =
-        q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
+    request.SetTarget(target);
     request.body = body;
     request.request_id = "test";
     request.SetHeaderSource(this, &Find, &Each);

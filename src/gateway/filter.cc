@@ -27,11 +27,7 @@ struct OwnedRequest {
     });
     request.method = from.method;
     request.method_text = method_text;
-    request.target = target;
-    std::size_t q = target.find('?');
-    request.path = std::string_view(target).substr(0, q);
-    request.query =
-        q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
+    request.SetTarget(target);
     request.body = body;
     request.request_id = request_id;
     request.remote_addr = remote_addr;

@@ -21,10 +21,9 @@
 #include <utility>
 #include <vector>
 
-#include "core/config.h"
+#include "gateway/test_service.h"
 #include "metrics/registry.h"
 #include "net/router.h"
-#include "net/server.h"
 
 namespace megaserve::gateway {
 namespace {
@@ -48,11 +47,7 @@ std::string Lower(std::string_view s) {
 // A worker: /echo records the request and answers 201 text; /slow answers after 400 ms.
 class Worker {
  public:
-  Worker() : guard_(asio::make_work_guard(timers_)) {
-    config_.server.listen = "127.0.0.1:0";
-    config_.server.threads = 1;
-    config_.server.drain_timeout = 2s;
-    config_.log.access = false;
+  Worker() {
     auto echo = [this](const net::Request& req) {
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -76,45 +71,30 @@ class Worker {
       return r;
     };
     for (auto m : {net::Method::kGet, net::Method::kPost, net::Method::kPut}) {
-      router_.Add(m, "/echo", echo);
+      service_.router().Add(m, "/echo", echo);
     }
-    router_.AddAsync(net::Method::kGet, "/slow", [this](const net::Request&, net::Reply reply) {
-      auto timer = std::make_shared<asio::steady_timer>(timers_, 400ms);
-      timer->async_wait([timer, reply = std::move(reply)](const boost::system::error_code&) {
-        reply(net::JsonResponse(200, "{}"));
-      });
-    });
-    timer_thread_ = std::thread([this] { timers_.run(); });
-    server_ = std::make_unique<net::Server>(config_, router_, registry_);
-    started_ = server_->Start().ok();
+    service_.router().AddAsync(
+        net::Method::kGet, "/slow", [this](const net::Request&, net::Reply reply) {
+          auto timer = std::make_shared<asio::steady_timer>(service_.timers(), 400ms);
+          timer->async_wait([timer, reply = std::move(reply)](const boost::system::error_code&) {
+            reply(net::JsonResponse(200, "{}"));
+          });
+        });
+    service_.Start();
   }
-  ~Worker() {
-    server_->Shutdown();
-    guard_.reset();
-    timer_thread_.join();
-  }
-  Worker(const Worker&) = delete;
-  Worker& operator=(const Worker&) = delete;
 
-  bool started() const { return started_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
-  unsigned short port() const { return server_->port(); }
+  bool started() const { return service_.started(); }
+  std::string url() const { return service_.url(); }
+  unsigned short port() const { return service_.port(); }
   Seen seen() {
     std::lock_guard<std::mutex> lock(mu_);
     return seen_;
   }
 
  private:
-  core::Config config_;
-  net::Router router_;
-  metrics::Registry registry_;
-  asio::io_context timers_;
-  asio::executor_work_guard<asio::io_context::executor_type> guard_;
-  std::thread timer_thread_;
-  std::unique_ptr<net::Server> server_;
-  bool started_ = false;
   std::mutex mu_;
   Seen seen_;
+  TestService service_{1};  // last: stops before what its handlers use goes
 };
 
 // Collects the chain's deferred answer.
@@ -138,10 +118,7 @@ struct TestRequest {
         headers(std::move(hdrs)) {
     request.method = net::ParseMethod(method_text);
     request.method_text = method_text;
-    request.target = target;
-    const std::size_t q = target.find('?');
-    request.path = std::string_view(target).substr(0, q);
-    if (q != std::string::npos) request.query = std::string_view(target).substr(q + 1);
+    request.SetTarget(target);
     request.body = body;
     request.request_id = "req-abc";
     request.remote_addr = "10.0.0.7";

@@ -21,10 +21,9 @@
 #include <thread>
 #include <vector>
 
-#include "core/config.h"
+#include "gateway/test_service.h"
 #include "metrics/registry.h"
 #include "net/router.h"
-#include "net/server.h"
 
 namespace megaserve::gateway {
 namespace {
@@ -69,11 +68,7 @@ class Loops {
 // A worker service: GET/POST /work answers `status` after `delay_ms`; /readyz follows `ready`.
 class Backend {
  public:
-  Backend() : guard_(asio::make_work_guard(timers_)) {
-    config_.server.listen = "127.0.0.1:0";
-    config_.server.threads = 2;
-    config_.server.drain_timeout = 2s;
-    config_.log.access = false;
+  Backend() {
     auto work = [this](const net::Request&, net::Reply reply) {
       hits.fetch_add(1);
       const int code = status.load();
@@ -82,30 +77,22 @@ class Backend {
         reply(net::JsonResponse(code, "{\"ok\":true}"));
       };
       if (delay == 0) return respond();
-      auto timer = std::make_shared<asio::steady_timer>(timers_, std::chrono::milliseconds(delay));
+      auto timer =
+          std::make_shared<asio::steady_timer>(service_.timers(), std::chrono::milliseconds(delay));
       timer->async_wait([timer, respond](const boost::system::error_code&) { respond(); });
     };
-    router_.AddAsync(net::Method::kGet, "/work", work);
-    router_.AddAsync(net::Method::kPost, "/work", work);
-    router_.Add(net::Method::kGet, "/readyz", [this](const net::Request&) {
+    service_.router().AddAsync(net::Method::kGet, "/work", work);
+    service_.router().AddAsync(net::Method::kPost, "/work", work);
+    service_.router().Add(net::Method::kGet, "/readyz", [this](const net::Request&) {
       health_checks.fetch_add(1);
       return ready.load() ? net::JsonResponse(200, "{}") : net::JsonResponse(503, "{}");
     });
-    timer_thread_ = std::thread([this] { timers_.run(); });
-    server_ = std::make_unique<net::Server>(config_, router_, registry_);
-    started_ = server_->Start().ok();
+    service_.Start();
   }
-  ~Backend() {
-    server_->Shutdown();  // waits for delayed replies, so the timer loop still runs
-    guard_.reset();
-    timer_thread_.join();
-  }
-  Backend(const Backend&) = delete;
-  Backend& operator=(const Backend&) = delete;
 
-  bool started() const { return started_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
-  std::string label() const { return "127.0.0.1:" + std::to_string(server_->port()); }
+  bool started() const { return service_.started(); }
+  std::string url() const { return service_.url(); }
+  std::string label() const { return "127.0.0.1:" + std::to_string(service_.port()); }
 
   std::atomic<int> hits{0};
   std::atomic<int> health_checks{0};
@@ -114,14 +101,7 @@ class Backend {
   std::atomic<bool> ready{true};
 
  private:
-  core::Config config_;
-  net::Router router_;
-  metrics::Registry registry_;
-  asio::io_context timers_;
-  asio::executor_work_guard<asio::io_context::executor_type> guard_;
-  std::thread timer_thread_;
-  std::unique_ptr<net::Server> server_;
-  bool started_ = false;
+  TestService service_{2};  // last: stops before the counters its handlers use go
 };
 
 // A loopback URL nothing listens on: connections to it are refused.

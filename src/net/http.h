@@ -57,6 +57,15 @@ class Request {
   // The first value of a query parameter, percent-decoding not applied; "" when absent.
   std::string_view QueryParam(std::string_view name) const;
 
+  // Sets target, and path and query from it (split at the first '?'). `t` must outlive the
+  // request.
+  void SetTarget(std::string_view t) {
+    target = t;
+    const std::size_t q = t.find('?');
+    path = t.substr(0, q);
+    query = q == std::string_view::npos ? std::string_view{} : t.substr(q + 1);
+  }
+
   // Used by the router and the server to fill in the request.
   void AddParam(std::string_view name, std::string_view value);
   void ClearParams() { param_count_ = 0; }

@@ -477,10 +477,7 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     req_ = Request{};
     req_.method_text = ToView(msg.method_string());
     req_.method = ParseMethod(req_.method_text);
-    req_.target = ToView(msg.target());
-    std::size_t q = req_.target.find('?');
-    req_.path = req_.target.substr(0, q);
-    req_.query = q == std::string_view::npos ? std::string_view{} : req_.target.substr(q + 1);
+    req_.SetTarget(ToView(msg.target()));
     req_.body = msg.body();
     req_.version = msg.version();
     req_.remote_addr = remote_;
