@@ -21,6 +21,8 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev redis-server postgresql nginx-light wrk prometheus
   curl procps python3
+  # diffusion reference tests (PyTorch in Python) and the safetensors fuzz target (libFuzzer)
+  python3-torch python3-numpy clang
 )
 
 check_only=0
