@@ -22,7 +22,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev redis-server postgresql nginx-light wrk prometheus
   curl procps python3
   # diffusion reference tests (PyTorch in Python) and the safetensors fuzz target (libFuzzer)
-  python3-torch python3-numpy clang
+  python3-torch python3-numpy python3-pil clang
 )
 
 check_only=0

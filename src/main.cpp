@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "api/app.h"
+#include "cli/generate.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/time_format.h"
@@ -361,7 +362,12 @@ int main(int argc, char** argv) {
   auto* new_secret = webhooks->add_subcommand(
       "new-secret", "Print a fresh webhook signing secret (\"whsec_...\") for webhooks.secret.");
 
+  cli::GenerateFlags generate_flags;
+  auto* generate = cli::AddGenerateCommand(app, generate_flags);
+
   CLI11_PARSE(app, argc, argv);
+
+  if (*generate) return cli::RunGenerate(generate_flags);
 
   if (*serve) return Serve(flags, api::Role::kServe);
   if (*gateway_cmd) return Serve(flags, api::Role::kGateway);

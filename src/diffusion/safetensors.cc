@@ -139,9 +139,11 @@ core::Status SafetensorsFile::ParseHeader() {
   const std::size_t data_begin = 8 + header_len;
   const std::size_t data_size = bytes_.size() - data_begin;
 
+  // The iterative parser keeps its nesting on the heap: the default recursive one overflows the
+  // stack on a header of a few hundred thousand '['.
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseStopWhenDoneFlag>(header,
-                                                                                       header_len);
+  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseStopWhenDoneFlag |
+            rapidjson::kParseIterativeFlag>(header, header_len);
   if (doc.HasParseError()) {
     return bad(fmt::format("header JSON: {} at byte {}",
                            rapidjson::GetParseError_En(doc.GetParseError()), doc.GetErrorOffset()));
@@ -185,15 +187,17 @@ core::Status SafetensorsFile::ParseHeader() {
     TensorView t;
     t.name = name;
     t.dtype = info->dtype;
-    // The element count times the element size must not overflow on the way.
+    // Every prefix product of the shape times the element size must fit in int64_t, so that
+    // neither this loop nor TensorView::numel() overflows, even when a later dimension is 0.
+    constexpr auto kMaxBytes = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
     uint64_t elements = 1;
     for (const auto& d : sh->value.GetArray()) {
       uint64_t dim = 0;
-      if (!ReadUint(d, dim) || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      if (!ReadUint(d, dim) || dim > kMaxBytes) {
         return bad(
             fmt::format("tensor '{}' has a shape entry that is not a non-negative integer", name));
       }
-      if (dim != 0 && elements > std::numeric_limits<uint64_t>::max() / dim / info->size) {
+      if (dim != 0 && elements > kMaxBytes / dim / info->size) {
         return bad(fmt::format("tensor '{}' has a shape too large to address", name));
       }
       elements *= dim;

@@ -12,8 +12,8 @@ struct ComputeOptions {
   at::ScalarType dtype = at::kFloat;
   // Convolution activations in channels-last memory format.
   bool channels_last = false;
-  // Attention computed this many query rows at a time (0: all at once). Bounds the memory of
-  // the [heads, queries, keys] score matrix to heads * slice * keys elements.
+  // Attention computed this many query rows of one head at a time; 0 picks blocks of about
+  // 2M scores that stay in cache. Bounds the score memory to slice * keys elements.
   int64_t attention_slice = 0;
 };
 
