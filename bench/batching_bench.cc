@@ -8,8 +8,7 @@
 //       Per-request cost of Submit -> backend -> result with a backend that does nothing:
 //       BM_PollMode runs the batcher on the calling thread (no thread hand-offs), BM_Threaded
 //       submits from many threads to one worker instance, `inflight` requests outstanding per
-//       thread, max_queue_delay and the worker's idle_spin as the 2nd and 3rd arguments (us). The
-//       wall_ns_per_req counter is wall time per completed request.
+//       thread. The wall_ns_per_req counter is wall time per completed request.
 #include <benchmark/benchmark.h>
 
 #include <CLI/CLI.hpp>
@@ -136,9 +135,9 @@ std::unique_ptr<Batcher> shared_batcher;  // created and destroyed by thread 0 o
 std::atomic<uint64_t> completed{0};       // requests completed in the current run
 
 // Many threads, each keeping range(0) requests outstanding against one worker instance with
-// max_queue_delay range(1) microseconds and idle_spin range(2) microseconds. Thread 0 reports, per
-// completed request over all threads, the wall time (wall_ns_per_req) and the CPU time of the whole
-// process (cpu_ns_per_req: the batcher's work plus the clients' and the thread hand-offs).
+// max_queue_delay range(1) microseconds. Thread 0 reports, per completed request over all
+// threads, the wall time (wall_ns_per_req) and the CPU time of the whole process
+// (cpu_ns_per_req: the batcher's work plus the clients' and the thread hand-offs).
 void BM_Threaded(benchmark::State& state) {
   const int inflight = static_cast<int>(state.range(0));
   if (state.thread_index() == 0) {
@@ -147,7 +146,6 @@ void BM_Threaded(benchmark::State& state) {
     o.instances = 1;
     o.max_batch_size = 64;
     o.max_queue_delay = std::chrono::microseconds(state.range(1));
-    o.idle_spin = std::chrono::microseconds(state.range(2));
     shared_batcher = std::make_unique<Batcher>(o, Echo);
     completed = 0;
   }
@@ -179,7 +177,7 @@ void BM_Threaded(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Threaded)
-    ->ArgsProduct({{1, 32}, {0, 50}, {0, 50}})
+    ->ArgsProduct({{1, 32}, {0, 50}})
     ->Threads(1)
     ->Threads(8)
     ->Threads(32)

@@ -31,14 +31,11 @@
 //
 // Threads. Each of `instances` worker threads waits for a ready batch, takes it, calls the
 // backend and delivers the results. One more thread fails queued requests as their deadlines
-// pass, also while every instance is busy. With `idle_spin`, a worker that finds the queue empty
-// polls it (yielding its core) for that long before it sleeps, so a request arriving meanwhile
-// skips the wake-up of a sleeping thread. With `instances` = 0 no thread is started and the owner
+// pass, also while every instance is busy. With `instances` = 0 no thread is started and the owner
 // drives the batcher with Poll(), one step at a time; tests do this with a FakeClock.
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -81,11 +78,6 @@ struct DynamicBatcherOptions {
   std::size_t max_inflight = 0;
   // Worker threads, each calling the backend; 0 for none (the owner calls Poll()).
   int instances = 1;
-  // How long a worker that found the queue empty keeps polling it before it sleeps; zero sleeps
-  // at once. Saves a sleeping thread's wake-up (several microseconds) per request when requests
-  // come one at a time, for a core kept busy up to this long after each batch. Real time even
-  // with a fake clock.
-  std::chrono::microseconds idle_spin{0};
   // Deliver results in arrival order.
   bool preserve_ordering = false;
   // Priority levels 1 (highest) .. priority_levels.
@@ -222,7 +214,6 @@ class DynamicBatcher {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
-      poll_signal_.fetch_add(1, std::memory_order_release);  // ends a worker's idle poll
     }
     cv_.notify_all();
     timer_cv_.notify_all();
@@ -315,7 +306,6 @@ class DynamicBatcher {
     bucket.levels[e->priority - 1].push_back(std::move(e));
     ++bucket.count;
     ++queued_;
-    poll_signal_.fetch_add(1, std::memory_order_release);
     metrics_.pending.Inc();
     lock.unlock();
     cv_.notify_one();
@@ -454,7 +444,6 @@ class DynamicBatcher {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
-        bool polled = false;  // once per idle period, then sleep
         for (;;) {
           const auto now = clock_->Now();
           ExpireLocked(now, expired);
@@ -463,14 +452,6 @@ class DynamicBatcher {
           TakeBatchLocked(now, batch, next_wake);
           if (!batch.empty()) break;
           if (stopping_ && queued_ == 0) return;
-          if (!polled && queued_ == 0 && options_.idle_spin.count() > 0) {
-            polled = true;
-            const uint64_t seen = poll_signal_.load(std::memory_order_relaxed);
-            lock.unlock();
-            PollForSubmission(seen);
-            lock.lock();
-            continue;
-          }
           clock_->WaitUntil(cv_, lock, next_wake);
         }
         // Others may find a batch in what is left.
@@ -478,17 +459,6 @@ class DynamicBatcher {
       }
       ExpireAll(expired);
       if (!batch.empty()) Execute(batch);
-    }
-  }
-
-  // Returns once poll_signal_ moved past `seen` (a request was submitted, or Stop() began), or
-  // after options_.idle_spin.
-  // Yields the core on every turn: on a machine with few cores the submitting thread may need it.
-  void PollForSubmission(uint64_t seen) const {
-    const auto until = std::chrono::steady_clock::now() + options_.idle_spin;
-    while (poll_signal_.load(std::memory_order_acquire) == seen &&
-           std::chrono::steady_clock::now() < until) {
-      std::this_thread::yield();
     }
   }
 
@@ -625,9 +595,8 @@ class DynamicBatcher {
   std::size_t inflight_ = 0;                                 // guarded by mu_
   uint64_t last_id_ = 0;                                     // guarded by mu_
   bool stopping_ = false;                                    // guarded by mu_
-  std::atomic<uint64_t> poll_signal_{0};  // bumped by Submit and Stop; idle workers poll it
-  Clock::TimePoint last_dispatch_{};      // guarded by mu_
-  double drain_rate_ = 0;                 // guarded by mu_; requests/s
+  Clock::TimePoint last_dispatch_{};                         // guarded by mu_
+  double drain_rate_ = 0;                                    // guarded by mu_; requests/s
 
   std::mutex order_mu_;
   uint64_t next_delivery_ = 1;                            // guarded by order_mu_

@@ -76,8 +76,6 @@ class Parser {
         Int(value, name, 1, &b.max_queue_size);
       } else if (key.str() == "priority_levels") {
         Int(value, name, 1, &b.priority_levels);
-      } else if (key.str() == "idle_spin_us") {
-        Int(value, name, 0, &b.idle_spin_us);
       } else if (key.str() == "max_queue_delay") {
         const auto* s = value.as_string();
         if (!s) {

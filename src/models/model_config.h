@@ -10,7 +10,6 @@
 //   preferred_batch_sizes = [4, 8]
 //   max_queue_size = 1024       # >= 1
 //   priority_levels = 1         # >= 1
-//   idle_spin_us = 0            # >= 0: microseconds an idle instance polls before sleeping
 //   [warmup]
 //   inputs = [{ text = "hello" }]  # free-form; each element is one warm-up request
 //
@@ -33,7 +32,6 @@ struct BatchingConfig {
   std::vector<int> preferred_batch_sizes;
   int max_queue_size = 1024;
   int priority_levels = 1;
-  int idle_spin_us = 0;
 
   bool operator==(const BatchingConfig&) const = default;
 };

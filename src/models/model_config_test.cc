@@ -22,7 +22,6 @@ max_queue_delay = "5ms"
 preferred_batch_sizes = [4, 8]
 max_queue_size = 64
 priority_levels = 2
-idle_spin_us = 40
 
 [warmup]
 inputs = [{ text = "hello" }, { text = "world" }]
@@ -37,7 +36,6 @@ inputs = [{ text = "hello" }, { text = "world" }]
   EXPECT_EQ(config->batching.preferred_batch_sizes, (std::vector<int>{4, 8}));
   EXPECT_EQ(config->batching.max_queue_size, 64);
   EXPECT_EQ(config->batching.priority_levels, 2);
-  EXPECT_EQ(config->batching.idle_spin_us, 40);
   ASSERT_EQ(config->warmup_inputs.size(), 2u);
   EXPECT_THAT(config->warmup_inputs[0], HasSubstr(R"("text")"));
   EXPECT_THAT(config->warmup_inputs[1], HasSubstr(R"("world")"));
