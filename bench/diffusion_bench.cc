@@ -131,7 +131,9 @@ int main(int argc, char** argv) {
   vae->add_option("--model", model, "diffusers vae/ folder")->required();
   vae->add_option("--size", size, "image edge in pixels")->check(CLI::Range(64, 4096));
   vae->add_option("--tiled", tiled)->check(CLI::IsMember({"on", "off"}));
-  app.add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 256));
+  for (auto* cmd : {unet, vae}) {
+    cmd->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 256));
+  }
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(threads);
   if (*unet) return RunUNet(model, steps, dtype, batch, latent, slice, out);

@@ -79,6 +79,23 @@ TEST(GenerateCommandTest, AMissingPluginIsAClearError) {
       << out;
 }
 
+TEST(GenerateCommandTest, ABrokenPluginIsAClearError) {
+  int status = 0;
+  // A shared library, but not ours.
+  auto out = RunBinary("generate --model /tmp --prompt cat --seed 1", status,
+                       "MEGASERVE_TORCH_PLUGIN=/lib/x86_64-linux-gnu/libz.so.1");
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("is not a megaserve libtorch plugin"), std::string::npos) << out;
+  // Not a shared library at all.
+  const auto junk = std::filesystem::temp_directory_path() / "megaserve-not-a-plugin.so";
+  { std::ofstream(junk) << "not an ELF file"; }
+  out = RunBinary("generate --model /tmp --prompt cat --seed 1", status,
+                  "MEGASERVE_TORCH_PLUGIN=" + junk.string());
+  std::filesystem::remove(junk);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("cannot load the libtorch plugin " + junk.string()), std::string::npos) << out;
+}
+
 // A tiny random-weight model (tests/diffusion/make_tiny_pipeline.py) through the real binary
 // and the real plugin.
 TEST(GenerateCommandTest, WritesAPngCarryingItsParameters) {

@@ -5,7 +5,10 @@ sized by the shared tiny configuration so they fit together: a 32-wide CLIP text
 feeding a [32, 64] UNet, and a [16, 32] VAE (2 image pixels per latent pixel).
 
 usage: make_tiny_pipeline.py OUT_DIR [--nan-vae] [--prediction-type epsilon|v_prediction]
-  --nan-vae   the VAE's last bias is NaN, so every image is NaN (tests the failure path)
+                             [--single-file sd1|sd2]
+  --nan-vae       the VAE's last bias is NaN, so every image is NaN (tests the failure path)
+  --single-file   instead, OUT_DIR/tiny.safetensors: a single-file checkpoint in the original
+                  key names (ref_checkpoint.py), with the tiny tokenizer in OUT_DIR/tokenizer
 """
 import argparse
 import json
@@ -13,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref_checkpoint  # noqa: E402
 import ref_clip  # noqa: E402
 import ref_unet  # noqa: E402
 import ref_vae  # noqa: E402
@@ -72,5 +76,11 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--nan-vae", action="store_true")
     parser.add_argument("--prediction-type", default="epsilon")
+    parser.add_argument("--single-file", choices=["sd1", "sd2"])
     args = parser.parse_args()
-    write(args.out, nan_vae=args.nan_vae, prediction_type=args.prediction_type)
+    if args.single_file:
+        ref_checkpoint.write_tiny(args.out, seed=5, variant=args.single_file, name="tiny",
+                                  expected=False)
+        tiny_tokenizer.write_tiny(os.path.join(args.out, "tokenizer"))
+    else:
+        write(args.out, nan_vae=args.nan_vae, prediction_type=args.prediction_type)

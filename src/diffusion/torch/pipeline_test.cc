@@ -187,6 +187,32 @@ TEST_F(PipelineTest, LoadingErrorsNameTheProblem) {
   EXPECT_THROW(LoadPipeline(p), std::invalid_argument);
 }
 
+// Single-file checkpoints in the original key names (tests/diffusion/ref_checkpoint.py), SD1
+// (CLIP) and SD2 (OpenCLIP, linear projections), with a tokenizer folder beside them.
+TEST_F(PipelineTest, SingleFileCheckpointsGenerate) {
+  for (const char* variant : {"sd1", "sd2"}) {
+    const fs::path dir = *dir_ / (std::string("single-") + variant);
+    ASSERT_EQ(
+        testing::RunPython("make_tiny_pipeline.py", dir.string() + " --single-file " + variant), 0);
+    LoadParams l;
+    l.model_path = (dir / "tiny.safetensors").string();
+    l.dtype = "fp32";
+    auto pipeline = LoadPipeline(l);
+    EXPECT_NE(pipeline->Describe().find(variant), std::string::npos) << pipeline->Describe();
+    auto image = pipeline->Generate(Params(), nullptr);
+    ASSERT_TRUE(image.ok()) << variant << ": " << image.status().ToString();
+    EXPECT_EQ(image->rgb.size(), 32u * 24 * 3);
+
+    fs::remove_all(dir / "tokenizer");  // the file alone has no vocabulary
+    try {
+      LoadPipeline(l);
+      ADD_FAILURE() << "loaded without a tokenizer";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("--tokenizer"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(PipelineTest, TiledDecodingGivesAnImageOfTheSameSize) {
   LoadParams l;
   l.model_path = (*dir_ / "tiny").string();
@@ -194,11 +220,13 @@ TEST_F(PipelineTest, TiledDecodingGivesAnImageOfTheSameSize) {
   l.vae_tiling = "on";
   auto pipeline = LoadPipeline(l);
   GenerateParams p = Params();
-  p.width = p.height = 160;  // 80x80 latents: more than one 64-latent tile
+  p.width = p.height = 136;  // 68x68 latents: more than one 64-latent tile
+  p.steps = 1;                // the decode is what this is about
+  p.guidance = 1;
   auto image = pipeline->Generate(p, nullptr);
   ASSERT_TRUE(image.ok()) << image.status().ToString();
-  EXPECT_EQ(image->width, 160);
-  EXPECT_EQ(image->rgb.size(), 160u * 160 * 3);
+  EXPECT_EQ(image->width, 136);
+  EXPECT_EQ(image->rgb.size(), 136u * 136 * 3);
 }
 
 }  // namespace
