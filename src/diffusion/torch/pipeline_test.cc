@@ -221,7 +221,7 @@ TEST_F(PipelineTest, TiledDecodingGivesAnImageOfTheSameSize) {
   auto pipeline = LoadPipeline(l);
   GenerateParams p = Params();
   p.width = p.height = 136;  // 68x68 latents: more than one 64-latent tile
-  p.steps = 1;                // the decode is what this is about
+  p.steps = 1;               // the decode is what this is about
   p.guidance = 1;
   auto image = pipeline->Generate(p, nullptr);
   ASSERT_TRUE(image.ok()) << image.status().ToString();
