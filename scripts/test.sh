@@ -32,4 +32,10 @@ export TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export TEST_POSTGRES_URL="$pg_url"
 echo "test: redis on $TEST_REDIS_URL, postgresql on $TEST_POSTGRES_URL"
 
+# LeakSanitizer cannot stop libgomp's worker threads at exit (its tracer crashes), and libtorch
+# starts them; in a sanitizer build libtorch runs its OpenMP work on the calling thread.
+if grep -q '^MEGASERVE_SANITIZE:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+  export OMP_NUM_THREADS=1
+fi
+
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
