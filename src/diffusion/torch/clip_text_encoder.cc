@@ -4,13 +4,12 @@
 
 #include <fmt/format.h>
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <cmath>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <stdexcept>
+
+#include "diffusion/config_json.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -44,15 +43,7 @@ std::string LayerPrefix(int64_t i) { return fmt::format("text_model.encoder.laye
 }  // namespace
 
 ClipTextConfig ClipTextConfig::FromJson(std::string_view json, const std::string& source) {
-  rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError()) {
-    throw std::invalid_argument(fmt::format("{}: invalid JSON at offset {}: {}", source,
-                                            doc.GetErrorOffset(),
-                                            rapidjson::GetParseError_En(doc.GetParseError())));
-  }
-  if (!doc.IsObject()) throw std::invalid_argument(source + ": expected a JSON object");
-
+  const rapidjson::Document doc = ParseConfigObject(json, source);
   ClipTextConfig c;
   c.vocab_size = RequiredPositiveInt(doc, "vocab_size", source);
   c.hidden_size = RequiredPositiveInt(doc, "hidden_size", source);
@@ -83,11 +74,7 @@ ClipTextConfig ClipTextConfig::FromJson(std::string_view json, const std::string
 }
 
 ClipTextConfig ClipTextConfig::FromFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::invalid_argument(fmt::format("cannot read {}", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path.string());
+  return FromJson(ReadConfigFile(path), path.string());
 }
 
 std::unique_ptr<ClipTextEncoder> ClipTextEncoder::Load(const std::filesystem::path& dir,

@@ -10,15 +10,14 @@
 #include "diffusion/torch/scheduler.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <utility>
+
+#include "diffusion/config_json.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -56,6 +55,20 @@ std::vector<double> ArangeDown(double start, double stop, double step) {
 }
 
 double RoundHalfEven(double x) { return std::nearbyint(x); }
+
+// "leading" spacing: i * ratio + steps_offset for i = hi down to lo.
+std::vector<double> LeadingTimesteps(int ratio, int hi, int lo, int steps_offset) {
+  std::vector<double> t;
+  for (int i = hi; i >= lo; --i) t.push_back(i * ratio + steps_offset);
+  return t;
+}
+
+// "trailing" spacing: numpy.round(numpy.arange(start, 0, -n / steps)) - 1.
+std::vector<double> TrailingTimesteps(int start, int n, int steps) {
+  std::vector<double> t = ArangeDown(start, 0, -static_cast<double>(n) / steps);
+  for (double& x : t) x = RoundHalfEven(x) - 1;
+  return t;
+}
 
 // numpy.interp(x, [0, 1, ..., n-1], fp): linear interpolation, clamped at both ends.
 double Interp(double x, const std::vector<double>& fp) {
@@ -252,14 +265,7 @@ class ConfigReader {
 }  // namespace
 
 SchedulerConfig SchedulerConfig::FromJson(std::string_view json, std::string_view source) {
-  rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError()) {
-    throw std::invalid_argument(std::string(source) + ": invalid JSON at offset " +
-                                std::to_string(doc.GetErrorOffset()) + ": " +
-                                rapidjson::GetParseError_En(doc.GetParseError()));
-  }
-  if (!doc.IsObject()) throw std::invalid_argument(std::string(source) + ": not a JSON object");
+  const rapidjson::Document doc = ParseConfigObject(json, source);
   const ConfigReader r(doc, source);
   SchedulerConfig c;
   r.Int("num_train_timesteps", &c.num_train_timesteps);
@@ -328,11 +334,7 @@ SchedulerConfig SchedulerConfig::FromJson(std::string_view json, std::string_vie
 }
 
 SchedulerConfig SchedulerConfig::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::invalid_argument("cannot read scheduler config " + path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path);
+  return FromJson(ReadConfigFile(path), path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,14 +397,11 @@ void DdimScheduler::SetTimesteps(int steps) {
       for (double& x : t) x = RoundHalfEven(x);
       std::reverse(t.begin(), t.end());
       break;
-    case TimestepSpacing::kLeading: {
-      const int ratio = n / steps;
-      for (int i = steps - 1; i >= 0; --i) t.push_back(i * ratio + config_.steps_offset);
+    case TimestepSpacing::kLeading:
+      t = LeadingTimesteps(n / steps, steps - 1, 0, config_.steps_offset);
       break;
-    }
     case TimestepSpacing::kTrailing:
-      t = ArangeDown(n, 0, -static_cast<double>(n) / steps);
-      for (double& x : t) x = RoundHalfEven(x) - 1;
+      t = TrailingTimesteps(n, n, steps);
       break;
   }
   for (double x : t) {
@@ -452,14 +451,11 @@ void EulerScheduler::SetTimesteps(int steps) {
       for (double& x : t) x = ToFloat32(x);
       std::reverse(t.begin(), t.end());
       break;
-    case TimestepSpacing::kLeading: {
-      const int ratio = n / steps;
-      for (int i = steps - 1; i >= 0; --i) t.push_back(i * ratio + config_.steps_offset);
+    case TimestepSpacing::kLeading:
+      t = LeadingTimesteps(n / steps, steps - 1, 0, config_.steps_offset);
       break;
-    }
     case TimestepSpacing::kTrailing:
-      t = ArangeDown(n, 0, -static_cast<double>(n) / steps);
-      for (double& x : t) x = RoundHalfEven(x) - 1;
+      t = TrailingTimesteps(n, n, steps);
       break;
   }
   const std::vector<double> train = TrainSigmas(alphas_cumprod_);
@@ -588,14 +584,11 @@ void DpmSolverMultistepScheduler::SetTimesteps(int steps) {
       std::reverse(t.begin(), t.end());
       t.pop_back();
       break;
-    case TimestepSpacing::kLeading: {
-      const int ratio = last / (steps + 1);
-      for (int i = steps; i >= 1; --i) t.push_back(i * ratio + config_.steps_offset);
+    case TimestepSpacing::kLeading:
+      t = LeadingTimesteps(last / (steps + 1), steps, 1, config_.steps_offset);
       break;
-    }
     case TimestepSpacing::kTrailing:
-      t = ArangeDown(last, 0, -static_cast<double>(n) / steps);
-      for (double& x : t) x = RoundHalfEven(x) - 1;
+      t = TrailingTimesteps(last, n, steps);
       break;
   }
   const std::vector<double> train = TrainSigmas(alphas_cumprod_);

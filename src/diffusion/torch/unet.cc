@@ -15,7 +15,6 @@
 
 #include <fmt/format.h>
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +24,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "diffusion/config_json.h"
 #include "diffusion/torch/attention.h"
 
 namespace megaserve::diffusion {
@@ -282,13 +282,7 @@ struct UpBlock {
 // ---- UNetConfig ----------------------------------------------------------------------------
 
 UNetConfig UNetConfig::FromJson(const std::string& text, const std::string& source) {
-  rapidjson::Document doc;
-  doc.Parse(text.c_str());
-  if (doc.HasParseError() || !doc.IsObject()) {
-    throw std::invalid_argument(fmt::format("{}: not a JSON object ({} at offset {})", source,
-                                            rapidjson::GetParseError_En(doc.GetParseError()),
-                                            doc.GetErrorOffset()));
-  }
+  const rapidjson::Document doc = ParseConfigObject(text, source);
   const ConfigReader r(doc, source);
   const std::string cls = r.String("_class_name", "UNet2DConditionModel");
   Check(cls == "UNet2DConditionModel", source,
@@ -396,11 +390,7 @@ UNetConfig UNetConfig::FromJson(const std::string& text, const std::string& sour
 }
 
 UNetConfig UNetConfig::FromFile(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument(fmt::format("cannot read UNet config {}", path.string()));
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path.string());
+  return FromJson(ReadConfigFile(path), path.string());
 }
 
 // ---- UNet ----------------------------------------------------------------------------------

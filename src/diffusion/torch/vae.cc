@@ -29,15 +29,14 @@
 
 #include <fmt/format.h>
 #include <rapidjson/document.h>
-#include <rapidjson/error/en.h>
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <stdexcept>
 #include <utility>
+
+#include "diffusion/config_json.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -381,14 +380,7 @@ std::vector<at::Tensor> BlendWeights(const std::vector<int64_t>& starts, int64_t
 // ------------------------------------------------------------------------------------- config
 
 VaeConfig VaeConfig::FromJson(std::string_view json, const std::string& source) {
-  rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError()) {
-    throw std::invalid_argument(fmt::format("{}: invalid JSON at offset {}: {}", source,
-                                            doc.GetErrorOffset(),
-                                            rapidjson::GetParseError_En(doc.GetParseError())));
-  }
-  if (!doc.IsObject()) throw std::invalid_argument(source + ": expected a JSON object");
+  const rapidjson::Document doc = ParseConfigObject(json, source);
   std::string class_name;
   ReadString(doc, "_class_name", source, &class_name);
   if (!class_name.empty() && class_name != "AutoencoderKL") {
@@ -426,11 +418,7 @@ VaeConfig VaeConfig::FromJson(std::string_view json, const std::string& source) 
 }
 
 VaeConfig VaeConfig::FromFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::invalid_argument(fmt::format("cannot read {}", path.string()));
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path.string());
+  return FromJson(ReadConfigFile(path), path.string());
 }
 
 void VaeConfig::Validate(const std::string& source) const {
