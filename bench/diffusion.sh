@@ -6,7 +6,8 @@
 #   1. UNet step (batch 2 as with guidance, 64x64 latents, 77x768 context): megaserve
 #      (build/release/diffusion_bench unet) against the same network and weights in eager
 #      PyTorch (tests/diffusion/ref_unet.py, diffusers' module layout), same inputs; prints the
-#      ratio and how far the two outputs are apart. Target: megaserve >= 1.3x faster.
+#      ratio and how far the two outputs are apart. Target: megaserve >= 1.3x faster. For
+#      reference, PyTorch once more with OPENBLAS_NUM_THREADS=1.
 #   2. VAE decode of a 1024x1024 image, tiled and untiled, each in its own process: peak
 #      resident memory. Target: tiled <= 50% of untiled.
 #   3. A full 20-step 512x512 generation with `megaserve generate` (euler_a, guidance 7.5),
@@ -43,6 +44,12 @@ ours_ms=$(field unet_step_ms "$out")
 run "UNet step, PyTorch eager" $py bench/diffusion_torch.py unet "$model/unet" --steps "$steps" \
   --threads "$threads" --out "$tmp/torch.safetensors"
 torch_ms=$(field unet_step_ms "$out")
+# For reference only: eager PyTorch with OpenBLAS confined to the calling thread, which removes
+# the contention between its two thread pools that megaserve avoids by design (its products are
+# then single-threaded, since eager PyTorch does not split them over OpenMP itself).
+run "UNet step, PyTorch eager, OPENBLAS_NUM_THREADS=1" env OPENBLAS_NUM_THREADS=1 $py \
+  bench/diffusion_torch.py unet "$model/unet" --steps "$steps" --threads "$threads"
+torch_blas1_ms=$(field unet_step_ms "$out")
 run "UNet outputs compared" $py bench/diffusion_torch.py compare "$tmp/ours.safetensors" \
   "$tmp/torch.safetensors"
 unet_diff=$(field max_abs_diff "$out")
@@ -81,6 +88,8 @@ printf '%-58s %12s %10s %6s\n' measurement value target ""
 printf '%-58s %12s %10s %6s\n' "UNet step ms, megaserve fp32" "$ours_ms" "" ""
 printf '%-58s %12s %10s %6s\n' "UNet step ms, PyTorch eager fp32" "$torch_ms" "" ""
 printf '%-58s %12s %10s %6s\n' "UNet speed-up (PyTorch / megaserve)" "$speedup" ">= 1.30" "$(verdict "$speedup" ">=" 1.3)"
+printf '%-58s %12s %10s %6s\n' "  PyTorch eager, OPENBLAS_NUM_THREADS=1 (reference), ms" "$torch_blas1_ms" "" ""
+printf '%-58s %12s %10s %6s\n' "  speed-up over that" "$(ratio "$torch_blas1_ms" "$ours_ms")" "" ""
 printf '%-58s %12s %10s %6s\n' "  max |difference| of the two UNet outputs" "$unet_diff" "" ""
 printf '%-58s %12s %10s %6s\n' "VAE 1024x1024 peak RSS MiB, untiled ($untiled_s s)" "$untiled_mib" "" ""
 printf '%-58s %12s %10s %6s\n' "VAE 1024x1024 peak RSS MiB, tiled ($tiled_s s)" "$tiled_mib" "" ""

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "diffusion/torch/parallel.h"
 #include "diffusion/torch/unet.h"
 #include "diffusion/torch/vae.h"
 #include "diffusion/torch/weights.h"
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 256));
   }
   CLI11_PARSE(app, argc, argv);
-  at::set_num_threads(threads);
+  ConfigureComputeThreads(threads);
   if (*unet) return RunUNet(model, steps, dtype, batch, latent, slice, out);
   return RunVaeDecode(model, size, tiled == "on");
 }

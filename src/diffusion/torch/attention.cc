@@ -5,13 +5,15 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "diffusion/torch/parallel.h"
+
 namespace megaserve::diffusion {
 namespace {
 
-// Score elements per attention block when the caller sets no slice: 8 MiB of fp32 scores, which
-// stay in the last-level cache between the QK^T product, the softmax and the product with V
-// (measured at SD1.5's 4096 tokens: 512-row blocks beat 32- and 128-row ones by 6-15%, and
-// the whole [heads, 4096, 4096] score tensor at once by 2.2x).
+// Score elements per attention block when the caller sets no slice: 8 MiB of fp32 scores per
+// thread, which stay in the last-level cache between the QK^T product, the softmax and the
+// product with V (measured at SD1.5's 4096 tokens: 512-row blocks beat 32- and 128-row ones by
+// 6-15%, and the whole [heads, 4096, 4096] score tensor at once by 2.2x).
 constexpr int64_t kBlockScoreElements = int64_t{1} << 21;
 
 at::Tensor UnitStrideLast(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
@@ -26,12 +28,11 @@ Linear Linear::Load(const Weights& w, const std::string& prefix, int64_t in, int
   return l;
 }
 
-at::Tensor Linear::Forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+at::Tensor Linear::Forward(const at::Tensor& x) const { return ParallelLinear(x, weight, bias); }
 
 void Linear::AddTo(const at::Tensor& x, at::Tensor& residual) const {
-  at::Tensor acc = residual.view({-1, weight.size(0)});
-  if (bias.defined()) acc.add_(bias);
-  acc.addmm_(x.reshape({-1, weight.size(1)}), weight.t());
+  ParallelMatmul(residual.view({-1, weight.size(0)}), x.reshape({-1, weight.size(1)}), weight.t(),
+                 bias, /*accumulate=*/true);
 }
 
 Conv2d Conv2d::Load(const Weights& w, const std::string& prefix, int64_t in, int64_t out,
@@ -145,28 +146,29 @@ at::Tensor MultiHeadAttention(const at::Tensor& q_in, const at::Tensor& k_in,
       slice > 0 ? std::min(slice, n)
                 : std::clamp<int64_t>(kBlockScoreElements / std::max<int64_t>(m, 1), 16, n);
   const bool reduced = q.scalar_type() != at::kFloat && q.scalar_type() != at::kDouble;
-  at::Tensor scores = at::empty({rows, m}, q.options());
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t h = 0; h < heads; ++h) {
+  // The work items are (batch, head, block of query rows), spread over the intra-op pool; each
+  // thread keeps one score block of its own.
+  const int64_t blocks = (n + rows - 1) / rows;
+  ParallelFor(0, batch * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor scores = at::empty({rows, m}, q.options());
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (heads * blocks), h = item / blocks % heads;
+      const int64_t r0 = item % blocks * rows, len = std::min(rows, n - r0);
       // Per-head views into the fused projections: BLAS reads them through their row stride.
-      const at::Tensor qh = q.select(0, b).narrow(1, h * d, d);
+      const at::Tensor qh = q.select(0, b).narrow(1, h * d, d).narrow(0, r0, len);
       const at::Tensor kt = k.select(0, b).narrow(1, h * d, d).t();
       const at::Tensor vh = v.select(0, b).narrow(1, h * dv, dv);
-      const at::Tensor oh = out.select(0, b).narrow(1, h * dv, dv);
-      for (int64_t r0 = 0; r0 < n; r0 += rows) {
-        const int64_t len = std::min(rows, n - r0);
-        at::Tensor s = len == rows ? scores : scores.narrow(0, 0, len);
-        s.addmm_(qh.narrow(0, r0, len), kt, /*beta=*/0, /*alpha=*/scale);
-        at::Tensor o = oh.narrow(0, r0, len);
-        if (reduced) {
-          at::mm_out(o, at::softmax(s, -1, at::kFloat).to(q.scalar_type()), vh);
-        } else {
-          at::_softmax_out(s, s, -1, false);  // row-wise, so in place is safe
-          at::mm_out(o, s, vh);
-        }
+      at::Tensor o = out.select(0, b).narrow(1, h * dv, dv).narrow(0, r0, len);
+      at::Tensor s = len == rows ? scores : scores.narrow(0, 0, len);
+      s.addmm_(qh, kt, /*beta=*/0, /*alpha=*/scale);
+      if (reduced) {
+        at::mm_out(o, at::softmax(s, -1, at::kFloat).to(q.scalar_type()), vh);
+      } else {
+        at::_softmax_out(s, s, -1, false);  // row-wise, so in place is safe
+        at::mm_out(o, s, vh);
       }
     }
-  }
+  });
   return out;
 }
 

@@ -7,7 +7,9 @@
 // one head and one block of query rows at a time, so that the block of scores stays in cache
 // (softmax over a score tensor of a gigabyte is memory-bound) and memory stays bounded. Each
 // query row's softmax is independent of the others, so blocking changes no result beyond
-// floating-point summation order.
+// floating-point summation order. The (batch, head, block) items are spread over the intra-op
+// thread pool, each thread with its own score block; dense layers split their products over the
+// same pool (parallel.h).
 //
 // Every layer loads its tensors by their diffusers names from a Weights map, checking shapes, so
 // that a wrong file fails at load with the weight's name rather than deep inside a forward pass.

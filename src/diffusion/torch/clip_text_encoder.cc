@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "diffusion/config_json.h"
+#include "diffusion/torch/parallel.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -151,7 +152,7 @@ at::Tensor ClipTextEncoder::RunLayer(const Layer& layer, const at::Tensor& hidde
   at::Tensor x =
       at::layer_norm(hidden, {h}, layer.norm1_weight, layer.norm1_bias, config_.layer_norm_eps);
   // [B, T, 3H] -> [3, B, heads, T, head_dim]
-  at::Tensor qkv = at::linear(x, layer.qkv_weight, layer.qkv_bias)
+  at::Tensor qkv = ParallelLinear(x, layer.qkv_weight, layer.qkv_bias)
                        .view({batch, tokens, 3, heads, head_dim})
                        .permute({2, 0, 3, 1, 4});
   const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(head_dim)));
@@ -162,11 +163,11 @@ at::Tensor ClipTextEncoder::RunLayer(const Layer& layer, const at::Tensor& hidde
                          ? at::softmax(scores, -1)
                          : at::softmax(scores, -1, at::kFloat).to(options_.dtype);
   at::Tensor context = at::matmul(probs, qkv[2]).transpose(1, 2).reshape({batch, tokens, h});
-  at::Tensor out = hidden + at::linear(context, layer.out_weight, layer.out_bias);
+  at::Tensor out = hidden + ParallelLinear(context, layer.out_weight, layer.out_bias);
 
   x = at::layer_norm(out, {h}, layer.norm2_weight, layer.norm2_bias, config_.layer_norm_eps);
-  x = at::linear(Activate(at::linear(x, layer.fc1_weight, layer.fc1_bias)), layer.fc2_weight,
-                 layer.fc2_bias);
+  x = ParallelLinear(Activate(ParallelLinear(x, layer.fc1_weight, layer.fc1_bias)),
+                     layer.fc2_weight, layer.fc2_bias);
   return out + x;
 }
 

@@ -14,6 +14,7 @@
 #include "diffusion/clip_tokenizer.h"
 #include "diffusion/torch/checkpoint.h"
 #include "diffusion/torch/clip_text_encoder.h"
+#include "diffusion/torch/parallel.h"
 #include "diffusion/torch/scheduler.h"
 #include "diffusion/torch/unet.h"
 #include "diffusion/torch/vae.h"
@@ -315,7 +316,7 @@ std::unique_ptr<Pipeline> LoadPipeline(const LoadParams& params) {
     throw std::invalid_argument(
         fmt::format("vae_tiling '{}' is not auto, on or off", params.vae_tiling));
   }
-  if (params.threads > 0) at::set_num_threads(params.threads);
+  ConfigureComputeThreads(params.threads);
   at::InferenceMode inference;
   const fs::path path(params.model_path);
   if (fs::is_directory(path)) return LoadFolder(params, options);

@@ -26,6 +26,7 @@
 
 #include "diffusion/config_json.h"
 #include "diffusion/torch/attention.h"
+#include "diffusion/torch/parallel.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -192,14 +193,14 @@ struct TransformerBlock {
   void Forward(at::Tensor& x, const at::Tensor& context, int64_t slice) const {
     const int64_t c = x.size(2);
     {
-      const at::Tensor qkv = at::linear(norm1.Forward(x), self_qkv);
+      const at::Tensor qkv = ParallelLinear(norm1.Forward(x), self_qkv, {});
       self_out.AddTo(MultiHeadAttention(qkv.narrow(2, 0, c), qkv.narrow(2, c, c),
                                         qkv.narrow(2, 2 * c, c), heads, scale, slice),
                      x);
     }
     {
       const at::Tensor q = cross_q.Forward(norm2.Forward(x));
-      const at::Tensor kv = at::linear(context, cross_kv);
+      const at::Tensor kv = ParallelLinear(context, cross_kv, {});
       cross_out.AddTo(
           MultiHeadAttention(q, kv.narrow(2, 0, c), kv.narrow(2, c, c), heads, scale, slice), x);
     }
@@ -253,9 +254,8 @@ struct Transformer2D {
     at::Tensor stream = proj_in.Forward(tokens);
     for (const TransformerBlock& block : blocks) block.Forward(stream, context, slice);
     if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-      at::Tensor out = at::addmm(x.permute({0, 2, 3, 1}).reshape({b * h * w, c}),
-                                 stream.view({b * h * w, c}), proj_out.weight.t());
-      out.add_(proj_out.bias);
+      at::Tensor out = x.permute({0, 2, 3, 1}).reshape({b * h * w, c}).clone();
+      proj_out.AddTo(stream, out);
       return out.view({b, h, w, c}).permute({0, 3, 1, 2});
     }
     const at::Tensor projected = proj_out.Forward(stream).view({b, h, w, c}).permute({0, 3, 1, 2});

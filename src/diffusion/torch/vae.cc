@@ -37,6 +37,8 @@
 #include <utility>
 
 #include "diffusion/config_json.h"
+#include "diffusion/torch/attention.h"
+#include "diffusion/torch/parallel.h"
 
 namespace megaserve::diffusion {
 namespace {
@@ -173,13 +175,12 @@ struct Conv {
   }
 };
 
-struct GroupNorm {
+struct Norm {  // GroupNorm with the VAE's eps
   at::Tensor weight, bias;
   int64_t groups = 1;
 
-  static GroupNorm Load(Loader& l, const std::string& name, int64_t channels, int64_t groups) {
-    return GroupNorm{l.Get(name + ".weight", {channels}), l.Get(name + ".bias", {channels}),
-                     groups};
+  static Norm Load(Loader& l, const std::string& name, int64_t channels, int64_t groups) {
+    return Norm{l.Get(name + ".weight", {channels}), l.Get(name + ".bias", {channels}), groups};
   }
   at::Tensor operator()(const at::Tensor& x) const {
     return at::group_norm(x, groups, weight, bias, kGroupNormEps, /*cudnn_enabled=*/false);
@@ -193,13 +194,13 @@ struct GroupNorm {
 };
 
 struct Resnet {
-  GroupNorm norm1, norm2;
+  Norm norm1, norm2;
   Conv conv1, conv2;
   std::optional<Conv> shortcut;
 
   static Resnet Load(Loader& l, const std::string& name, int64_t in, int64_t out, int64_t groups) {
-    Resnet r{GroupNorm::Load(l, name + ".norm1", in, groups),
-             GroupNorm::Load(l, name + ".norm2", out, groups),
+    Resnet r{Norm::Load(l, name + ".norm1", in, groups),
+             Norm::Load(l, name + ".norm2", out, groups),
              Conv::Load(l, name + ".conv1", in, out, 3),
              Conv::Load(l, name + ".conv2", out, out, 3), std::nullopt};
     if (in != out) r.shortcut = Conv::Load(l, name + ".conv_shortcut", in, out, 1);
@@ -215,7 +216,7 @@ struct Resnet {
 };
 
 struct Attention {
-  GroupNorm norm;
+  Norm norm;
   at::Tensor qkv_weight, qkv_bias;  // [3C, C], [3C]: to_q (pre-scaled by 1/sqrt(C)), to_k, to_v
   at::Tensor out_weight, out_bias;  // [C, C], [C]
   int64_t slice = 0;
@@ -230,7 +231,7 @@ struct Attention {
     // Folding the softmax scale into the query projection saves a pass over the scores.
     const double scale = 1.0 / std::sqrt(static_cast<double>(c));
     Attention a;
-    a.norm = GroupNorm::Load(l, name + ".group_norm", c, groups);
+    a.norm = Norm::Load(l, name + ".group_norm", c, groups);
     a.qkv_weight =
         l.Keep(at::cat({l.Projection(q + ".weight", c) * scale, l.Projection(k + ".weight", c),
                         l.Projection(v + ".weight", c)}));
@@ -242,34 +243,17 @@ struct Attention {
     return a;
   }
 
-  // softmax(q k^T) v for q, k, v [B, N, C], upcasting the softmax to fp32 as diffusers does;
-  // `slice` query rows at a time when set, bounding the score matrix to B * slice * N.
-  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const {
-    const at::Tensor kt = k.transpose(1, 2);
-    auto block = [&](const at::Tensor& qs) {
-      at::Tensor p = at::softmax(at::bmm(qs, kt), -1, at::kFloat);
-      if (p.scalar_type() != v.scalar_type()) p = p.to(v.scalar_type());
-      return at::bmm(p, v);
-    };
-    const int64_t n = q.size(1);
-    if (slice <= 0 || slice >= n) return block(q);
-    at::Tensor out = at::empty({q.size(0), n, v.size(2)}, v.options());
-    for (int64_t s = 0; s < n; s += slice) {
-      const int64_t len = std::min(slice, n - s);
-      out.narrow(1, s, len).copy_(block(q.narrow(1, s, len)));
-    }
-    return out;
-  }
-
   // Consumes x and returns it with the attention output added.
   at::Tensor operator()(at::Tensor x) const {
     const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
     // Pixels as tokens: [B, H*W, C] (a free view when x is channels-last).
     at::Tensor qkv =
-        at::linear(norm(x).permute({0, 2, 3, 1}).reshape({b, h * w, c}), qkv_weight, qkv_bias);
-    at::Tensor o = Attend(qkv.narrow(2, 0, c), qkv.narrow(2, c, c), qkv.narrow(2, 2 * c, c));
+        ParallelLinear(norm(x).permute({0, 2, 3, 1}).reshape({b, h * w, c}), qkv_weight, qkv_bias);
+    // One head over all channels; the scale is already in the query projection.
+    at::Tensor o = MultiHeadAttention(qkv.narrow(2, 0, c), qkv.narrow(2, c, c),
+                                      qkv.narrow(2, 2 * c, c), /*heads=*/1, /*scale=*/1.0, slice);
     qkv.reset();
-    o = at::linear(o, out_weight, out_bias);
+    o = ParallelLinear(o, out_weight, out_bias);
     return x.add_(o.view({b, h, w, c}).permute({0, 3, 1, 2}));
   }
 };
@@ -312,7 +296,7 @@ at::Tensor Upsample(const Conv& conv, at::Tensor x) {
 }
 
 // GroupNorm, silu, conv: the output head of the encoder and the decoder.
-at::Tensor Head(const GroupNorm& norm, const Conv& conv, at::Tensor x) {
+at::Tensor Head(const Norm& norm, const Conv& conv, at::Tensor x) {
   at::Tensor a = norm.Activated(x);
   x.reset();
   return conv(a);
@@ -470,7 +454,7 @@ struct Vae::Layers {
   Conv encoder_in;
   std::vector<Level> down;
   MidBlock encoder_mid;
-  GroupNorm encoder_norm;
+  Norm encoder_norm;
   Conv encoder_out;
   std::optional<Conv> quant;
 
@@ -478,7 +462,7 @@ struct Vae::Layers {
   Conv decoder_in;
   MidBlock decoder_mid;
   std::vector<Level> up;
-  GroupNorm decoder_norm;
+  Norm decoder_norm;
   Conv decoder_out;
 };
 
@@ -526,7 +510,7 @@ Vae::Vae(VaeConfig config, const Weights& weights, const ComputeOptions& options
   }
   layers->encoder_mid =
       MidBlock::Load(l, "encoder.mid_block", ch.back(), g, c.mid_block_add_attention);
-  layers->encoder_norm = GroupNorm::Load(l, "encoder.conv_norm_out", ch.back(), g);
+  layers->encoder_norm = Norm::Load(l, "encoder.conv_norm_out", ch.back(), g);
   layers->encoder_out = Conv::Load(l, "encoder.conv_out", ch.back(), 2 * c.latent_channels, 3);
   if (c.use_quant_conv) {
     layers->quant = Conv::Load(l, "quant_conv", 2 * c.latent_channels, 2 * c.latent_channels, 1);
@@ -551,7 +535,7 @@ Vae::Vae(VaeConfig config, const Weights& weights, const ComputeOptions& options
     if (i + 1 < levels) level.resample = Conv::Load(l, name + ".upsamplers.0.conv", out, out, 3);
     layers->up.push_back(std::move(level));
   }
-  layers->decoder_norm = GroupNorm::Load(l, "decoder.conv_norm_out", ch[0], g);
+  layers->decoder_norm = Norm::Load(l, "decoder.conv_norm_out", ch[0], g);
   layers->decoder_out = Conv::Load(l, "decoder.conv_out", ch[0], c.out_channels, 3);
 
   bytes_ = l.bytes();
