@@ -77,8 +77,12 @@ CLI::App* AddGenerateCommand(CLI::App& app, GenerateFlags& f) {
   cmd->add_option("-o,--out", f.out, "PNG file to write (default image.png)");
   cmd->add_option("--tokenizer", f.load.tokenizer_dir,
                   "tokenizer folder for a single-file checkpoint (default: tokenizer/ beside it)");
-  cmd->add_option("--dtype", f.load.dtype, "auto, fp32, bf16 or fp16 (default auto)")
+  cmd->add_option("--dtype", f.load.dtype,
+                  "auto (fp16 on CUDA, bf16 on CPUs with AVX512-BF16, else fp32), fp32, bf16 or "
+                  "fp16 (CUDA only)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp16"}));
+  cmd->add_option("--device", f.load.device,
+                  "auto (a CUDA GPU when libtorch has CUDA, else the CPU), cpu, cuda or cuda:N");
   cmd->add_option("--threads", f.load.threads, "libtorch intra-op threads (default: libtorch's)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--attention-slice", f.load.attention_slice,

@@ -24,6 +24,9 @@ struct LoadParams {
   std::string tokenizer_dir;
   // "auto" (bf16 on CPUs with AVX512-BF16, fp16 on CUDA, else fp32), "fp32", "bf16", "fp16".
   std::string dtype = "auto";
+  // Where to compute: "auto" (the first CUDA GPU when libtorch was built with CUDA and sees one,
+  // else the CPU), "cpu", "cuda" or "cuda:N".
+  std::string device = "auto";
   // Intra-op threads for libtorch; 0 keeps libtorch's default.
   int threads = 0;
   // Query rows per attention chunk; 0 picks cache-sized chunks (the fastest here).
@@ -97,7 +100,7 @@ class Engine {
 };
 
 // Bumped whenever Engine, Pipeline or the structs above change layout.
-inline constexpr int kEngineAbiVersion = 1;
+inline constexpr int kEngineAbiVersion = 2;
 
 // The plugin's one exported symbol: returns its engine (owned by the plugin, alive until the
 // process ends), or nullptr when `abi_version` differs from the plugin's kEngineAbiVersion.

@@ -46,7 +46,7 @@ Conv2d Conv2d::Load(const Weights& w, const std::string& prefix, int64_t in, int
   c.channels_last = options.channels_last;
   if (c.channels_last) {
     c.weight = c.weight.contiguous(at::MemoryFormat::ChannelsLast);
-  } else if (c.weight.scalar_type() == at::kFloat && at::hasMKLDNN()) {
+  } else if (c.weight.is_cpu() && c.weight.scalar_type() == at::kFloat && at::hasMKLDNN()) {
     c.packed = at::mkldnn_reorder_conv2d_weight(c.weight.contiguous().to_mkldnn(),
                                                 {padding, padding}, {stride, stride}, {1, 1}, 1);
     c.weight = at::Tensor();

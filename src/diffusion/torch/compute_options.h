@@ -10,6 +10,8 @@ namespace megaserve::diffusion {
 struct ComputeOptions {
   // Weights and activations are converted to this type on load (kFloat, kBFloat16, kHalf).
   at::ScalarType dtype = at::kFloat;
+  // Weights are moved here on load; inputs follow them.
+  at::Device device = at::kCPU;
   // Convolution activations in channels-last memory format.
   bool channels_last = false;
   // Attention computed this many query rows of one head at a time; 0 picks blocks of about

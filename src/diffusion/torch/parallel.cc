@@ -46,7 +46,7 @@ bool ConfigureComputeThreads(int threads) {
 void ParallelMatmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                     const at::Tensor& bias, bool accumulate) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t threads = !out.is_cpu() || at::in_parallel_region() ? 1 : at::get_num_threads();
   if (threads > 1 && m * k * n >= kMinParallelMacs) {
     if (m >= threads * kMinPartRows) {
       ParallelFor(0, m, kMinPartRows, [&](int64_t r0, int64_t r1) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -38,14 +39,40 @@ bool CpuHasAvx512Bf16() {
   return false;
 }
 
-at::ScalarType ResolveDtype(const std::string& name) {
-  const std::string chosen = name == "auto" ? AutoDtype() : name;
+at::Device ResolveDevice(const std::string& name) {
+  if (name == "cpu") return at::kCPU;
+  if (name == "auto") return at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  if (name != "cuda" && name.rfind("cuda:", 0) != 0) {
+    throw std::invalid_argument(
+        fmt::format("unknown device '{}' (auto, cpu, cuda or cuda:N)", name));
+  }
+  if (!at::hasCUDA()) {
+    throw std::invalid_argument(fmt::format(
+        "device {} needs a CUDA build of libtorch and a GPU; this libtorch computes on the CPU "
+        "only (use --device cpu)",
+        name));
+  }
+  try {
+    const at::Device device(name);
+    if (device.has_index() && device.index() >= at::detail::getCUDAHooks().getNumGPUs()) {
+      throw std::invalid_argument(fmt::format("device {}: this machine has {} CUDA GPUs", name,
+                                              at::detail::getCUDAHooks().getNumGPUs()));
+    }
+    return device.has_index() ? device : at::Device(at::kCUDA, 0);
+  } catch (const c10::Error&) {
+    throw std::invalid_argument(fmt::format("unknown device '{}' (cuda:N with N a number)", name));
+  }
+}
+
+at::ScalarType ResolveDtype(const std::string& name, const at::Device& device) {
+  const std::string chosen = name != "auto" ? name : device.is_cuda() ? "fp16" : AutoDtype();
   if (chosen == "fp32") return at::kFloat;
   if (chosen == "bf16") return at::kBFloat16;
   if (chosen == "fp16") {
+    if (device.is_cuda()) return at::kHalf;
     throw std::invalid_argument(
-        "dtype fp16 needs a CUDA build of libtorch; this libtorch computes on the CPU (use "
-        "fp32 or bf16)");
+        "dtype fp16 is for CUDA devices; on the CPU use fp32 or bf16 (this libtorch " +
+        std::string(at::hasCUDA() ? "has CUDA: add --device cuda)" : "has no CUDA)"));
   }
   throw std::invalid_argument(fmt::format("unknown dtype '{}' (auto, fp32, bf16, fp16)", name));
 }
@@ -121,11 +148,11 @@ class TorchPipeline final : public Pipeline {
 
   std::string Describe() const override {
     return fmt::format(
-        "{} ({}), {}, {} threads, UNet {} MiB, text encoder {} MiB, VAE {} MiB", variant_,
+        "{} ({}), {} on {}, {} threads, UNet {} MiB, text encoder {} MiB, VAE {} MiB", variant_,
         scheduler_config_.prediction_type == PredictionType::kVPrediction ? "v-prediction"
                                                                           : "epsilon",
-        DtypeName(options_.dtype), at::get_num_threads(), unet_->bytes() >> 20,
-        text_encoder_->bytes() >> 20, vae_->bytes() >> 20);
+        DtypeName(options_.dtype), options_.device.str(), at::get_num_threads(),
+        unet_->bytes() >> 20, text_encoder_->bytes() >> 20, vae_->bytes() >> 20);
   }
 
  private:
@@ -195,9 +222,11 @@ class TorchPipeline final : public Pipeline {
 
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(p.seed);
     const int64_t down = vae_->downscale();
+    // Drawn on the CPU generator whatever the device, so a seed means the same image everywhere.
     at::Tensor latents =
         at::randn({1, unet_->config().in_channels, p.height / down, p.width / down}, gen,
-                  at::TensorOptions().dtype(at::kFloat)) *
+                  at::TensorOptions().dtype(at::kFloat))
+            .to(options_.device) *
         scheduler->init_noise_sigma();
     const auto& timesteps = scheduler->timesteps();
     for (int i = 0; i < p.steps; ++i) {
@@ -218,7 +247,7 @@ class TorchPipeline final : public Pipeline {
     at::Tensor z = (latents / vae_->scaling_factor()).to(options_.dtype);
     at::Tensor pixels =
         UseTiling(p) ? vae_->DecodeTiled(z, kVaeTile, kVaeOverlap) : vae_->Decode(z);
-    pixels = pixels.to(at::kFloat);
+    pixels = pixels.to(at::kCPU, at::kFloat);
     report("decode", 1, 1);
     if (!at::isfinite(pixels).all().item<bool>()) {
       return core::Internal(
@@ -308,7 +337,8 @@ std::string AutoDtype() { return CpuHasAvx512Bf16() ? "bf16" : "fp32"; }
 
 std::unique_ptr<Pipeline> LoadPipeline(const LoadParams& params) {
   ComputeOptions options;
-  options.dtype = ResolveDtype(params.dtype);
+  options.device = ResolveDevice(params.device);
+  options.dtype = ResolveDtype(params.dtype, options.device);
   options.channels_last = params.channels_last;
   options.attention_slice = params.attention_slice;
   if (params.attention_slice < 0) throw std::invalid_argument("attention_slice must be >= 0");

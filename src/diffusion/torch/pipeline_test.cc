@@ -183,8 +183,25 @@ TEST_F(PipelineTest, LoadingErrorsNameTheProblem) {
   p.model_path = dir_->string();  // a folder, but not a model
   EXPECT_THROW(LoadPipeline(p), std::invalid_argument);
   p.model_path = (*dir_ / "tiny").string();
-  p.dtype = "fp16";
+  p.dtype = "fp16";  // CUDA only
   EXPECT_THROW(LoadPipeline(p), std::invalid_argument);
+  p.dtype = "fp32";
+  auto message = [&p] {
+    try {
+      LoadPipeline(p);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  p.device = "tpu";
+  EXPECT_NE(message().find("unknown device 'tpu'"), std::string::npos) << message();
+  if (!at::hasCUDA()) {
+    p.device = "cuda:1";
+    EXPECT_NE(message().find("needs a CUDA build of libtorch"), std::string::npos) << message();
+  }
+  p.device = "cpu";
+  EXPECT_NE(LoadPipeline(p)->Describe().find("fp32 on cpu"), std::string::npos);
 }
 
 // Single-file checkpoints in the original key names (tests/diffusion/ref_checkpoint.py), SD1

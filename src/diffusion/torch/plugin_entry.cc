@@ -2,6 +2,7 @@
 // Exceptions stop here: every failure leaves the plugin as a core::Status.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <fmt/format.h>
 #include <torch/version.h>
 
@@ -35,9 +36,12 @@ class TorchEngine final : public Engine {
   }
 
   std::string Describe() const override {
-    return fmt::format("libtorch {}.{}.{}, CPU, {} threads, default precision {}",
+    const std::string cuda =
+        at::hasCUDA() ? fmt::format("{} CUDA GPUs", at::detail::getCUDAHooks().getNumGPUs())
+                      : std::string("no CUDA in this build");
+    return fmt::format("libtorch {}.{}.{}, CPU ({} threads, default precision {}), {}",
                        TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH,
-                       at::get_num_threads(), AutoDtype());
+                       at::get_num_threads(), AutoDtype(), cuda);
   }
 
   std::vector<std::string> SchedulerNames() const override { return diffusion::SchedulerNames(); }

@@ -542,7 +542,7 @@ at::Tensor UNet::Forward(const at::Tensor& sample, const at::Tensor& timesteps,
                                             c.in_channels, fmt::join(sample.sizes(), ", ")));
   }
   const int64_t batch = sample.size(0);
-  at::Tensor t = timesteps.to(at::kFloat).reshape({-1});
+  at::Tensor t = timesteps.to(options_.device, at::kFloat).reshape({-1});
   if (t.size(0) == 1) t = t.expand({batch});
   if (t.size(0) != batch) {
     throw std::invalid_argument(
@@ -555,14 +555,14 @@ at::Tensor UNet::Forward(const at::Tensor& sample, const at::Tensor& timesteps,
                     c.cross_attention_dim, fmt::join(encoder_hidden_states.sizes(), ", ")));
   }
   const at::ScalarType dtype = options_.dtype;
-  const at::Tensor context = encoder_hidden_states.to(dtype).contiguous();
+  const at::Tensor context = encoder_hidden_states.to(options_.device, dtype).contiguous();
   const int64_t slice = options_.attention_slice;
 
   // Sinusoidal timestep features in fp32 (as diffusers computes them), then the MLP.
   const int64_t dim = c.block_out_channels[0], half = dim / 2;
   const at::Tensor freqs =
-      at::exp(at::arange(half, at::kFloat) * static_cast<float>(-std::log(10000.0)) /
-              static_cast<float>(half - c.freq_shift));
+      at::exp(at::arange(half, t.options().dtype(at::kFloat)) *
+              static_cast<float>(-std::log(10000.0)) / static_cast<float>(half - c.freq_shift));
   const at::Tensor args = t.unsqueeze(1) * freqs.unsqueeze(0);
   at::Tensor features = c.flip_sin_to_cos ? at::cat({at::cos(args), at::sin(args)}, 1)
                                           : at::cat({at::sin(args), at::cos(args)}, 1);
@@ -572,7 +572,7 @@ at::Tensor UNet::Forward(const at::Tensor& sample, const at::Tensor& timesteps,
   temb = net.time_linear_2.Forward(temb);
   at::silu_(temb);  // every ResNet block projects silu(temb)
 
-  at::Tensor x = sample.to(dtype);
+  at::Tensor x = sample.to(options_.device, dtype);
   if (c.center_input_sample) x = x * 2 - 1;
   x = net.conv_in.Forward(x);
 

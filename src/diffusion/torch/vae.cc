@@ -544,7 +544,7 @@ Vae::Vae(VaeConfig config, const Weights& weights, const ComputeOptions& options
 
 at::Tensor Vae::Prepare(const at::Tensor& t, int64_t channels, const char* what) const {
   CheckShape(t, channels, what);
-  at::Tensor x = t.to(options_.dtype);
+  at::Tensor x = t.to(options_.device, options_.dtype);
   if (options_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
   return x;
 }
@@ -606,7 +606,8 @@ at::Tensor Vae::DecodeTiled(const at::Tensor& z, int64_t tile_latent,
   const std::vector<at::Tensor> row_weights = BlendWeights(rows, tile_h, height, scale);
   const std::vector<at::Tensor> col_weights = BlendWeights(cols, tile_w, width, scale);
 
-  // Accumulated in fp32 so bf16 tiles do not lose precision where they are summed.
+  // Accumulated in fp32 so bf16 tiles do not lose precision where they are summed, and in host
+  // memory, so that on a GPU only one tile is resident at a time.
   at::Tensor out =
       at::zeros({z.size(0), config_.out_channels, height * scale, width * scale}, at::kFloat);
   for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -615,10 +616,10 @@ at::Tensor Vae::DecodeTiled(const at::Tensor& z, int64_t tile_latent,
       const at::Tensor weight = row_weights[i].unsqueeze(1) * col_weights[j].unsqueeze(0);
       out.narrow(2, rows[i] * scale, tile_h * scale)
           .narrow(3, cols[j] * scale, tile_w * scale)
-          .addcmul_(image.to(at::kFloat), weight);
+          .addcmul_(image.to(at::kCPU, at::kFloat), weight);
     }
   }
-  return out.to(options_.dtype);
+  return out.to(options_.device, options_.dtype);
 }
 
 }  // namespace megaserve::diffusion

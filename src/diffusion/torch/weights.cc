@@ -57,6 +57,7 @@ Weights Weights::FromFile(const std::string& path, const ComputeOptions& options
     } else if (reinterpret_cast<std::uintptr_t>(t.data) % DTypeSize(t.dtype) != 0) {
       view = view.clone();  // unaligned element data: copy once rather than read it unaligned
     }
+    if (view.device() != options.device) view = view.to(options.device);
     w.tensors_.insert_or_assign(t.name, std::move(view));
   }
   return w;
