@@ -227,6 +227,9 @@ TEST_P(WorkersTest, StopCancelsLongJobAndLeavesItRetryable) {
   RegisterBuiltinHandlers(workers);
   workers.Start();
   ASSERT_TRUE(WaitForStatus(job.id, JobStatus::kRunning, 5s));
+  // The claim marks the job running in the store just before the dispatcher registers it.
+  const auto registered_by = Clock::now() + 5s;
+  while (workers.running() == 0 && Clock::now() < registered_by) std::this_thread::sleep_for(1ms);
   EXPECT_EQ(workers.running(), 1);
   const auto start = Clock::now();
   workers.Stop(200ms);
