@@ -149,7 +149,7 @@ void BM_Threaded(benchmark::State& state) {
     shared_batcher = std::make_unique<Batcher>(o, Echo);
     completed = 0;
   }
-  std::vector<std::future<Result<int>>> futures(inflight);
+  std::vector<Batcher::Future> futures(inflight);
   int64_t sum = 0;
   double wall0 = 0, cpu0 = 0;
   bool first = true;

@@ -32,7 +32,9 @@
 // Threads. Each of `instances` worker threads waits for a ready batch, takes it, calls the
 // backend and delivers the results. One more thread fails queued requests as their deadlines
 // pass, also while every instance is busy. With `instances` = 0 no thread is started and the owner
-// drives the batcher with Poll(), one step at a time; tests do this with a FakeClock.
+// drives the batcher with Poll(), one step at a time; tests do this with a FakeClock. Idle
+// workers and waiting submitters spin for up to `wait_spin` before they sleep, since waking a
+// sleeping thread costs more than the batcher's own work per request.
 #pragma once
 
 #include <algorithm>
@@ -58,6 +60,7 @@
 
 #include "batching/batcher_metrics.h"
 #include "batching/clock.h"
+#include "batching/result_future.h"
 #include "core/status.h"
 #include "metrics/registry.h"
 
@@ -86,6 +89,10 @@ struct DynamicBatcherOptions {
   int default_priority = 1;
   // A queued request's effective level improves by one per interval; zero disables aging.
   Clock::Duration aging_interval = std::chrono::milliseconds(100);
+  // How long an idle worker polls for a new submission before sleeping, and a thread waiting on
+  // a Ticket's result polls for it (only while the machine has a core beyond `instances` to
+  // spare; see result_future.h). Zero sleeps at once.
+  std::chrono::nanoseconds wait_spin = std::chrono::microseconds(50);
   // The time source; nullptr for Clock::Steady(). Borrowed: must outlive the batcher.
   Clock* clock = nullptr;
   // Where metrics are registered; nullptr for Registry::Global(). Borrowed.
@@ -125,10 +132,11 @@ class DynamicBatcher {
   // the wrong length, fails every request of the batch with reason backend.
   using Backend = std::function<std::vector<Result>(std::vector<Request>&)>;
 
+  using Future = ResultFuture<Result>;
   // What Submit returns: the request's id (0 when it failed at once) and its future result.
   struct Ticket {
     uint64_t id = 0;
-    std::future<Result> result;
+    Future result;
   };
 
   // Starts options.instances worker threads.
@@ -136,6 +144,8 @@ class DynamicBatcher {
       : options_(std::move(options)),
         backend_(std::move(backend)),
         clock_(options_.clock != nullptr ? options_.clock : &Clock::Steady()),
+        spare_cores_(std::max(0, static_cast<int>(std::thread::hardware_concurrency()) -
+                                     std::max(0, options_.instances))),
         metrics_(options_.registry != nullptr ? *options_.registry : metrics::Registry::Global(),
                  options_.model) {
     options_.max_batch_size = std::max<std::size_t>(1, options_.max_batch_size);
@@ -158,10 +168,10 @@ class DynamicBatcher {
   }
   // As above, with the result delivered through a future.
   Ticket Submit(Request request, const SubmitOptions& opts = {}) {
-    std::promise<Result> promise;
+    auto [future, state] = Future::Make(options_.wait_spin, spare_cores_);
     Ticket t;
-    t.result = promise.get_future();
-    t.id = Enqueue(std::move(request), opts, nullptr, &promise);
+    t.result = std::move(future);
+    t.id = Enqueue(std::move(request), opts, nullptr, std::move(state));
     return t;
   }
 
@@ -248,8 +258,8 @@ class DynamicBatcher {
   struct Entry {
     explicit Entry(Request r, Callback cb) : request(std::move(r)), done(std::move(cb)) {}
     Request request;
-    Callback done;                                // either this
-    std::optional<std::promise<Result>> promise;  // or this receives the result
+    Callback done;                                         // either this
+    std::shared_ptr<detail::ResultState<Result>> promise;  // or this receives the result
     uint64_t id = 0;  // arrival order; consecutive over accepted requests
     int priority = 1;
     Clock::TimePoint arrival;
@@ -263,9 +273,9 @@ class DynamicBatcher {
   };
 
   uint64_t Enqueue(Request request, const SubmitOptions& opts, Callback done,
-                   std::promise<Result>* promise) {
+                   std::shared_ptr<detail::ResultState<Result>> promise) {
     auto e = std::make_unique<Entry>(std::move(request), std::move(done));
-    if (promise != nullptr) e->promise.emplace(std::move(*promise));
+    e->promise = std::move(promise);
     e->arrival = clock_->Now();
     e->deadline = opts.deadline;
     e->priority = std::clamp(opts.priority == 0 ? options_.default_priority : opts.priority, 1,
@@ -306,6 +316,7 @@ class DynamicBatcher {
     bucket.levels[e->priority - 1].push_back(std::move(e));
     ++bucket.count;
     ++queued_;
+    submitted_.store(id, std::memory_order_release);
     metrics_.pending.Inc();
     lock.unlock();
     cv_.notify_one();
@@ -444,6 +455,7 @@ class DynamicBatcher {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
+        bool spun = false;  // once per idle spell
         for (;;) {
           const auto now = clock_->Now();
           ExpireLocked(now, expired);
@@ -452,6 +464,11 @@ class DynamicBatcher {
           TakeBatchLocked(now, batch, next_wake);
           if (!batch.empty()) break;
           if (stopping_ && queued_ == 0) return;
+          if (!spun) {
+            spun = true;
+            SpinForSubmission(lock);
+            continue;  // anything may have changed while the lock was released: look again
+          }
           clock_->WaitUntil(cv_, lock, next_wake);
         }
         // Others may find a batch in what is left.
@@ -460,6 +477,17 @@ class DynamicBatcher {
       ExpireAll(expired);
       if (!batch.empty()) Execute(batch);
     }
+  }
+
+  // An idle worker with an empty queue polls for a new submission for up to wait_spin before
+  // it sleeps: waking a sleeping thread costs more than a short batch. Called and returns with
+  // `lock` held, and releases it while spinning.
+  void SpinForSubmission(std::unique_lock<std::mutex>& lock) {
+    if (options_.wait_spin <= std::chrono::nanoseconds::zero() || queued_ > 0) return;
+    const uint64_t seen = last_id_;
+    lock.unlock();
+    detail::SpinWhileEqual(submitted_, seen, options_.wait_spin);
+    lock.lock();
   }
 
   // Fails queued requests as their deadlines pass. Workers expire requests too, but only
@@ -574,7 +602,7 @@ class DynamicBatcher {
   }
   static void Hand(Entry& e, Result result) {
     if (e.promise) {
-      e.promise->set_value(std::move(result));
+      e.promise->Set(std::move(result));
     } else if (e.done) {
       e.done(std::move(result));
     }
@@ -583,6 +611,7 @@ class DynamicBatcher {
   DynamicBatcherOptions options_;
   const Backend backend_;
   Clock* const clock_;
+  const int spare_cores_;  // cores beyond the worker threads, for waiters to spin on
   BatcherMetrics metrics_;
 
   mutable std::mutex mu_;
@@ -594,9 +623,10 @@ class DynamicBatcher {
   std::size_t queued_ = 0;                                   // guarded by mu_
   std::size_t inflight_ = 0;                                 // guarded by mu_
   uint64_t last_id_ = 0;                                     // guarded by mu_
-  bool stopping_ = false;                                    // guarded by mu_
-  Clock::TimePoint last_dispatch_{};                         // guarded by mu_
-  double drain_rate_ = 0;                                    // guarded by mu_; requests/s
+  std::atomic<uint64_t> submitted_{0};  // last_id_, readable without mu_ by spinning workers
+  bool stopping_ = false;               // guarded by mu_
+  Clock::TimePoint last_dispatch_{};    // guarded by mu_
+  double drain_rate_ = 0;               // guarded by mu_; requests/s
 
   std::mutex order_mu_;
   uint64_t next_delivery_ = 1;                            // guarded by order_mu_

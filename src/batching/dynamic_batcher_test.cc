@@ -75,7 +75,7 @@ SubmitOptions Bucket(std::string_view key) {
   return o;
 }
 
-bool Ready(const std::future<Result>& f) {
+bool Ready(const Batcher::Future& f) {
   return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
 }
 
@@ -108,7 +108,7 @@ TEST_F(DynamicBatcherTest, FormsBatchesUpToMaxBatchSize) {
   auto o = PollOptions(clock_, registry_);
   o.max_batch_size = 4;
   Batcher b(o, backend_.Fn());
-  std::vector<std::future<Result>> fs;
+  std::vector<Batcher::Future> fs;
   for (int i = 1; i <= 10; ++i) fs.push_back(b.Submit({i, ""}).result);
   EXPECT_EQ(b.Poll(), 4u);
   EXPECT_EQ(b.Poll(), 4u);
@@ -319,7 +319,7 @@ TEST_F(DynamicBatcherTest, MaxInflightCapsConcurrentRequests) {
     inflight.fetch_sub(static_cast<int>(reqs.size()));
     return std::vector<Result>(reqs.size(), Result(1));
   });
-  std::vector<std::future<Result>> fs;
+  std::vector<Batcher::Future> fs;
   for (int i = 0; i < 60; ++i) fs.push_back(b.Submit({i, ""}).result);
   for (auto& f : fs) EXPECT_TRUE(f.get().ok());
   EXPECT_LE(peak.load(), 3);
@@ -381,7 +381,7 @@ TEST_F(DynamicBatcherTest, InstancesRunBatchesInParallel) {
     }
     return std::vector<Result>(reqs.size(), Result(1));
   });
-  std::vector<std::future<Result>> fs;
+  std::vector<Batcher::Future> fs;
   for (int i = 0; i < 3; ++i) fs.push_back(b.Submit({i, ""}).result);
   for (auto& f : fs) EXPECT_TRUE(f.get().ok());
   std::lock_guard<std::mutex> lock(mu);
@@ -397,7 +397,7 @@ TEST_F(DynamicBatcherTest, BackendFailureFailsWholeBatch) {
     if (calls == 1) throw std::runtime_error("device lost");
     return {Result(1)};  // the wrong number of results
   });
-  std::vector<std::future<Result>> fs;
+  std::vector<Batcher::Future> fs;
   for (int i = 0; i < 6; ++i) fs.push_back(b.Submit({i, ""}).result);
   EXPECT_EQ(b.Poll(), 3u);
   EXPECT_EQ(b.Poll(), 3u);
@@ -455,7 +455,7 @@ TEST_F(DynamicBatcherTest, StopFinishesQueuedRequestsAndRefusesNewOnes) {
   o.model = "m";
   o.max_queue_delay = std::chrono::hours(1);
   Batcher b(o, backend_.Fn());
-  std::vector<std::future<Result>> fs;
+  std::vector<Batcher::Future> fs;
   for (int i = 1; i <= 3; ++i) fs.push_back(b.Submit({i, ""}).result);
   b.Stop();
   for (auto& f : fs) EXPECT_TRUE(f.get().ok());
