@@ -13,6 +13,7 @@
 //    adaptive mutexes and many thread pools do.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -61,7 +62,13 @@ struct ResultState {
   // is there.
   bool Wait(std::optional<std::chrono::steady_clock::time_point> deadline) {
     if (word.load(std::memory_order_acquire) == kReady) return true;
-    if (SpinUntilReady(word, spin, spare_cores)) return true;
+    // A timed wait spins no longer than its timeout (a zero timeout is a plain poll).
+    std::chrono::nanoseconds budget = spin;
+    if (deadline) {
+      budget = std::min(budget, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    *deadline - std::chrono::steady_clock::now()));
+    }
+    if (SpinUntilReady(word, budget, spare_cores)) return true;
     for (;;) {
       uint32_t w = word.load(std::memory_order_acquire);
       if (w == kReady) return true;

@@ -60,6 +60,15 @@ TEST(ResultFutureTest, ASpinningWaiterSeesTheValueAndLongWaitsFallBackToSleep) {
   }
 }
 
+TEST(ResultFutureTest, AZeroTimeoutDoesNotSpin) {
+  auto [future, state] = Future::Make(1s, 1);  // a spin long enough to notice
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(future.wait_for(0s), std::future_status::timeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 500ms);
+  state->Set("x");
+  EXPECT_EQ(future.get(), "x");
+}
+
 TEST(ResultFutureTest, ManyWaitersAndProducersAcrossThreads) {
   constexpr int kPairs = 64;
   std::vector<std::thread> threads;
