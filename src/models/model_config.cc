@@ -16,6 +16,9 @@
 namespace megaserve::models {
 namespace {
 
+// One second: a worker that polls longer than that is a configuration mistake.
+constexpr int kMaxWaitSpinUs = 1'000'000;
+
 // Walks the parsed file, collecting every problem so that one load reports them all.
 class Parser {
  public:
@@ -76,6 +79,14 @@ class Parser {
         Int(value, name, 1, &b.max_queue_size);
       } else if (key.str() == "priority_levels") {
         Int(value, name, 1, &b.priority_levels);
+      } else if (key.str() == "wait_spin_us") {
+        int us = 0;
+        if (!Int(value, name, 0, &us)) continue;
+        if (us > kMaxWaitSpinUs) {
+          Problem(value, name, fmt::format("must be at most {}, got {}", kMaxWaitSpinUs, us));
+        } else {
+          b.wait_spin_us = us;
+        }
       } else if (key.str() == "max_queue_delay") {
         const auto* s = value.as_string();
         if (!s) {

@@ -10,6 +10,7 @@
 //   preferred_batch_sizes = [4, 8]
 //   max_queue_size = 1024       # >= 1
 //   priority_levels = 1         # >= 1
+//   wait_spin_us = 50           # 0..1000000: how long an idle worker polls before sleeping
 //   [warmup]
 //   inputs = [{ text = "hello" }]  # free-form; each element is one warm-up request
 //
@@ -32,6 +33,8 @@ struct BatchingConfig {
   std::vector<int> preferred_batch_sizes;
   int max_queue_size = 1024;
   int priority_levels = 1;
+  // batching::DynamicBatcherOptions::wait_spin, in microseconds; 0 sleeps at once.
+  int wait_spin_us = 50;
 
   bool operator==(const BatchingConfig&) const = default;
 };

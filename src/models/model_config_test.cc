@@ -22,6 +22,7 @@ max_queue_delay = "5ms"
 preferred_batch_sizes = [4, 8]
 max_queue_size = 64
 priority_levels = 2
+wait_spin_us = 0
 
 [warmup]
 inputs = [{ text = "hello" }, { text = "world" }]
@@ -36,6 +37,7 @@ inputs = [{ text = "hello" }, { text = "world" }]
   EXPECT_EQ(config->batching.preferred_batch_sizes, (std::vector<int>{4, 8}));
   EXPECT_EQ(config->batching.max_queue_size, 64);
   EXPECT_EQ(config->batching.priority_levels, 2);
+  EXPECT_EQ(config->batching.wait_spin_us, 0);
   ASSERT_EQ(config->warmup_inputs.size(), 2u);
   EXPECT_THAT(config->warmup_inputs[0], HasSubstr(R"("text")"));
   EXPECT_THAT(config->warmup_inputs[1], HasSubstr(R"("world")"));
@@ -75,6 +77,7 @@ instances = "two"
 [batching]
 max_queue_delay = "5 parsecs"
 preferred_batch_sizes = [4, -1]
+wait_spin_us = 2000000
 )",
                                  "c.toml");
   ASSERT_FALSE(config.ok());
@@ -83,6 +86,7 @@ preferred_batch_sizes = [4, -1]
   EXPECT_THAT(m, HasSubstr("instances: expected an integer, got a string (from c.toml:3:"));
   EXPECT_THAT(m, HasSubstr("batching.max_queue_delay: invalid duration \"5 parsecs\""));
   EXPECT_THAT(m, HasSubstr("batching.preferred_batch_sizes: must be an integer >= 1, got -1"));
+  EXPECT_THAT(m, HasSubstr("batching.wait_spin_us: must be at most 1000000, got 2000000"));
 }
 
 TEST(ModelConfigTest, BackendIsRequired) {

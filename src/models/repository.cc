@@ -51,6 +51,7 @@ struct ModelHandle::Loaded {
     }
     o.max_queue_size = static_cast<std::size_t>(b.max_queue_size);
     o.priority_levels = b.priority_levels;
+    o.wait_spin = std::chrono::microseconds(b.wait_spin_us);
     o.instances = config.instances;
     o.registry = registry;
     Model* m = model.get();
