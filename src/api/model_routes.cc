@@ -46,6 +46,8 @@ void WriteConfig(Writer& w, const models::ModelConfig& c) {
   w.Int(c.batching.max_queue_size);
   w.Key("priority_levels");
   w.Int(c.batching.priority_levels);
+  w.Key("wait_spin_us");
+  w.Int(c.batching.wait_spin_us);
   w.EndObject();
   w.Key("warmup");
   w.StartObject();

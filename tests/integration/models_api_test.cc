@@ -166,6 +166,7 @@ TEST_F(ModelsApiTest, LoadGetUnload) {
   EXPECT_STREQ(d["config"]["backend"].GetString(), "echo");
   EXPECT_EQ(d["config"]["batching"]["max_batch_size"].GetInt(), 4);
   EXPECT_STREQ(d["config"]["batching"]["max_queue_delay"].GetString(), "5ms");
+  EXPECT_EQ(d["config"]["batching"]["wait_spin_us"].GetInt(), 50);  // the default
   EXPECT_STREQ(d["config"]["warmup"]["inputs"][0]["text"].GetString(), "hi");
 
   r = Call(Get("/metrics"));
