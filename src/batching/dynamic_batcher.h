@@ -224,6 +224,7 @@ class DynamicBatcher {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
+      activity_.fetch_add(1, std::memory_order_release);  // ends a worker's spin
     }
     cv_.notify_all();
     timer_cv_.notify_all();
@@ -316,7 +317,7 @@ class DynamicBatcher {
     bucket.levels[e->priority - 1].push_back(std::move(e));
     ++bucket.count;
     ++queued_;
-    submitted_.store(id, std::memory_order_release);
+    activity_.fetch_add(1, std::memory_order_release);
     metrics_.pending.Inc();
     lock.unlock();
     cv_.notify_one();
@@ -479,14 +480,14 @@ class DynamicBatcher {
     }
   }
 
-  // An idle worker with an empty queue polls for a new submission for up to wait_spin before
-  // it sleeps: waking a sleeping thread costs more than a short batch. Called and returns with
-  // `lock` held, and releases it while spinning.
+  // An idle worker with an empty queue polls for a new submission (or Stop()) for up to
+  // wait_spin before it sleeps: waking a sleeping thread costs more than a short batch. Called and
+  // returns with `lock` held, and releases it while spinning.
   void SpinForSubmission(std::unique_lock<std::mutex>& lock) {
     if (options_.wait_spin <= std::chrono::nanoseconds::zero() || queued_ > 0) return;
-    const uint64_t seen = last_id_;
+    const uint64_t seen = activity_.load(std::memory_order_relaxed);
     lock.unlock();
-    detail::SpinWhileEqual(submitted_, seen, options_.wait_spin);
+    detail::SpinWhileEqual(activity_, seen, options_.wait_spin);
     lock.lock();
   }
 
@@ -623,10 +624,11 @@ class DynamicBatcher {
   std::size_t queued_ = 0;                                   // guarded by mu_
   std::size_t inflight_ = 0;                                 // guarded by mu_
   uint64_t last_id_ = 0;                                     // guarded by mu_
-  std::atomic<uint64_t> submitted_{0};  // last_id_, readable without mu_ by spinning workers
-  bool stopping_ = false;               // guarded by mu_
-  Clock::TimePoint last_dispatch_{};    // guarded by mu_
-  double drain_rate_ = 0;               // guarded by mu_; requests/s
+  std::atomic<uint64_t> activity_{0};  // bumped under mu_ by Submit and Stop; spinning workers
+                                       // watch it without mu_
+  bool stopping_ = false;              // guarded by mu_
+  Clock::TimePoint last_dispatch_{};   // guarded by mu_
+  double drain_rate_ = 0;              // guarded by mu_; requests/s
 
   std::mutex order_mu_;
   uint64_t next_delivery_ = 1;                            // guarded by order_mu_

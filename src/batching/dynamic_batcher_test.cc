@@ -464,6 +464,39 @@ TEST_F(DynamicBatcherTest, StopFinishesQueuedRequestsAndRefusesNewOnes) {
   EXPECT_EQ(Metrics().failure(FailureReason::kRejected).Value(), 1u);
 }
 
+// An idle worker spins for wait_spin, then sleeps: requests arriving inside the window and
+// after it are both served, and Stop() ends a spin at once.
+TEST_F(DynamicBatcherTest, WaitSpinServesRequestsDuringAndAfterTheSpin) {
+  DynamicBatcherOptions o;
+  o.registry = &registry_;
+  o.model = "m";
+  o.instances = 1;
+  o.max_batch_size = 4;
+  o.max_queue_delay = {};
+  o.wait_spin = milliseconds(200);
+  std::atomic<int> executed{0};
+  auto b = std::make_unique<Batcher>(o, [&](std::vector<Req>& reqs) {
+    executed.fetch_add(static_cast<int>(reqs.size()));
+    std::vector<Result> out;
+    for (const Req& r : reqs) out.emplace_back(r.id * 2);
+    return out;
+  });
+  for (int i = 1; i <= 50; ++i) {  // back to back: each arrives while the worker spins
+    auto r = b->Submit({i, ""}).result.get();
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.value(), 2 * i);
+  }
+  std::this_thread::sleep_for(milliseconds(300));  // past the window: the worker sleeps
+  auto late = b->Submit({99, ""}).result;
+  ASSERT_EQ(late.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(late.get().value(), 198);
+  EXPECT_EQ(executed.load(), 51);
+  b->Submit({7, ""}).result.get();  // the worker is spinning again
+  const auto t0 = std::chrono::steady_clock::now();
+  b.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(100));  // the spin lasts 200
+}
+
 // Many threads, random priorities, buckets, deadlines and cancellations against three
 // instances on the real clock: every request completes exactly once, and no batch mixes
 // buckets or exceeds max_batch_size.
