@@ -7,9 +7,9 @@
 //  * Spin, then sleep. A waiter first polls the word for up to `spin`, but only while the
 //    machine has a spare core for it: at most `spare_cores` waiters spin at once, process-wide,
 //    and the others sleep at once. Waking a sleeping thread costs a futex call and a context
-//    switch, several microseconds on a virtual machine, often more than the batch itself; a
-//    spinning waiter sees the result within nanoseconds. Spinning is bounded, so a long batch
-//    costs a spare core for `spin` at most. Adaptive spinning of this kind is what glibc's
+//    switch, often more than the batch itself (bench/batching.sh); a spinning waiter sees the
+//    result as soon as it is stored. Spinning is bounded, so a long batch costs a spare core
+//    for `spin` at most. Adaptive spinning of this kind is what glibc's
 //    adaptive mutexes and many thread pools do.
 #pragma once
 

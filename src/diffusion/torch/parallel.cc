@@ -8,8 +8,8 @@
 namespace megaserve::diffusion {
 namespace {
 
-// Below this many multiply-adds a product runs as one call: an OpenMP region costs a few
-// microseconds to open.
+// Below this many multiply-adds a product runs as one call: opening an OpenMP region has a
+// fixed cost that small products do not repay.
 constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
 // The fewest rows (or columns) one thread's part gets, so that every part stays a product
 // BLAS runs near its peak.

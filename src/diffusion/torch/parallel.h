@@ -4,9 +4,9 @@
 // libtorch's CPU build computes convolutions, normalisations and element-wise work on its OpenMP
 // pool, but hands matrix products to the BLAS library, which keeps a thread pool of its own
 // (OpenBLAS's pthreads). With both pools as large as the machine, each pool's idle threads spin
-// while the other computes, and the kernel time-slices them: on a 2-core AVX2 machine, 43% of
-// a Stable Diffusion 1.5 UNet step's CPU time went to the kernel and to OpenMP's spin-wait
-// (docs/architecture.md). The engine therefore runs BLAS single-threaded and splits its large
+// while the other computes, and the kernel time-slices them (on a 2-core machine a profile of
+// a Stable Diffusion 1.5 UNet step showed much of its time there; docs/architecture.md). The
+// engine therefore runs BLAS single-threaded and splits its large
 // products over the OpenMP pool itself: rows of the left operand per thread, each part one BLAS
 // call on the thread that owns it.
 #pragma once
