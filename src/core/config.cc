@@ -225,6 +225,31 @@ std::string CheckRedisUrl(const Value& v) {
   return "expected a redis://[:password@]host:port[/db] URL";
 }
 
+// Each entry "SOURCE:SYMBOL:INTERVAL" with a known source; the symbol and interval are checked
+// when serve starts the sync.
+std::string CheckSyncTargets(const Value& v) {
+  for (const std::string& item : std::get<std::vector<std::string>>(v)) {
+    auto first = item.find(':');
+    auto second = first == std::string::npos ? first : item.find(':', first + 1);
+    if (second == std::string::npos || first == 0 || second == first + 1 ||
+        second + 1 == item.size() || item.find(':', second + 1) != std::string::npos) {
+      return fmt::format("\"{}\": expected SOURCE:SYMBOL:INTERVAL, e.g. \"binance:BTCUSDT:4h\"",
+                         item);
+    }
+    std::string_view source = std::string_view(item).substr(0, first);
+    if (source != "binance" && source != "coinbase") {
+      return fmt::format("\"{}\": unknown source \"{}\"; known: binance, coinbase", item, source);
+    }
+  }
+  return "";
+}
+
+std::string CheckHttpUrl(const Value& v) {
+  const auto& url = std::get<std::string>(v);
+  if (url.starts_with("http://") || url.starts_with("https://")) return "";
+  return "expected an http:// or https:// URL";
+}
+
 std::string CheckStoreUrl(const Value& v) {
   const std::string& url = std::get<std::string>(v);
   if (url.empty() || url == "sqlite::memory:" || url.starts_with("sqlite://") ||
@@ -497,6 +522,34 @@ const std::vector<KeyDef>& Keys() {
        .help = "Time to connect to Redis",
        .field = [](Config& c) -> Field { return &c.redis.connect_timeout; },
        .min = 1},
+
+      {.name = "market_data.sync",
+       .help = "Candle series serve keeps in sync, \"SOURCE:SYMBOL:INTERVAL\" each (e.g. "
+               "\"binance:BTCUSDT:4h\"); empty = off",
+       .field = [](Config& c) -> Field { return &c.market_data.sync; },
+       .check = CheckSyncTargets},
+      {.name = "market_data.sync_interval",
+       .help = "Time between two sync rounds over every market_data.sync series",
+       .field = [](Config& c) -> Field { return &c.market_data.sync_interval; },
+       .min = 1000},
+      {.name = "market_data.binance_url",
+       .help = "Base URL of the Binance spot API",
+       .field = [](Config& c) -> Field { return &c.market_data.binance_url; },
+       .check = CheckHttpUrl},
+      {.name = "market_data.coinbase_url",
+       .help = "Base URL of the Coinbase Exchange API",
+       .field = [](Config& c) -> Field { return &c.market_data.coinbase_url; },
+       .check = CheckHttpUrl},
+      {.name = "market_data.binance_weight_budget",
+       .help = "Binance request weight the sync may use per minute (the exchange allows 6000)",
+       .field = [](Config& c) -> Field { return &c.market_data.binance_weight_budget; },
+       .min = 2,
+       .max = 6000},
+      {.name = "market_data.backfill_days",
+       .help = "Days of history fetched for a series that has no candles yet",
+       .field = [](Config& c) -> Field { return &c.market_data.backfill_days; },
+       .min = 1,
+       .max = 36500},
   };
   return keys;
 }

@@ -151,6 +151,19 @@ struct RedisConfig {
   bool operator==(const RedisConfig&) const = default;
 };
 
+// [market_data]: candles kept in sync from the exchanges by `serve` (see forecast/market_sync.h).
+struct MarketDataConfig {
+  // "SOURCE:SYMBOL:INTERVAL" each, e.g. "binance:BTCUSDT:4h"; empty = no periodic sync.
+  std::vector<std::string> sync;
+  Duration sync_interval{60'000};  // between two rounds over every series
+  std::string binance_url = "https://api.binance.com";
+  std::string coinbase_url = "https://api.exchange.coinbase.com";
+  int binance_weight_budget = 1000;  // request weight per minute (Binance allows 6000)
+  int backfill_days = 30;            // how far back an empty series is filled
+
+  bool operator==(const MarketDataConfig&) const = default;
+};
+
 // One [[routes]] table: the gateway policy of a route pattern (see gateway/route_policy.h).
 struct RouteConfig {
   std::string pattern = "*";  // exact route pattern, a prefix ending in '*', or "*" for all
@@ -205,6 +218,7 @@ struct Config {
   GatewayConfig gateway;
   CacheConfig cache;
   RedisConfig redis;
+  MarketDataConfig market_data;
   std::vector<RouteConfig> routes;        // [[routes]] tables, in file order
   std::vector<UpstreamConfig> upstreams;  // [[upstreams]] tables
 

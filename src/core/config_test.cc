@@ -248,6 +248,28 @@ TEST(ConfigTest, ModelsSection) {
   EXPECT_THAT(zero.status().message(), ::testing::HasSubstr("models.cache_bytes"));
 }
 
+TEST(ConfigTest, MarketDataSection) {
+  EXPECT_TRUE(Config{}.market_data.sync.empty());  // off by default
+  TempFile file(
+      "[market_data]\nsync = [\"binance:BTCUSDT:4h\", \"coinbase:BTC-USD:1h\"]\n"
+      "sync_interval = \"5m\"\nbinance_url = \"http://127.0.0.1:9\"\n");
+  auto loaded = LoadConfig({.file = file.path()});
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_THAT(loaded->config.market_data.sync,
+              ::testing::ElementsAre("binance:BTCUSDT:4h", "coinbase:BTC-USD:1h"));
+  EXPECT_EQ(loaded->config.market_data.sync_interval, std::chrono::minutes(5));
+  EXPECT_EQ(loaded->config.market_data.binance_url, "http://127.0.0.1:9");
+  for (const char* bad : {"binance:BTCUSDT", "kraken:BTCUSD:1h", "binance::4h", "binance:A:1h:x",
+                          ":BTCUSDT:4h", "binance:BTCUSDT:"}) {
+    auto refused = LoadConfig({.overrides = {{"market_data.sync", bad, "flag --set"}}});
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("market_data.sync")) << bad;
+  }
+  auto url = LoadConfig({.env = {{"MEGASERVE_MARKET_DATA_COINBASE_URL", "ftp://x"}}});
+  ASSERT_FALSE(url.ok());
+  EXPECT_THAT(url.status().message(), ::testing::HasSubstr("market_data.coinbase_url"));
+}
+
 TEST(ConfigTest, RangesOfOtherTypes) {
   auto check = [](const std::string& key, const std::string& value, const std::string& want) {
     auto loaded = LoadConfig({.overrides = {{key, value, "flag --set"}}});

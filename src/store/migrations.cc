@@ -244,6 +244,26 @@ Status ApplyOne(Session& session, const Migration& m, std::vector<MigrationInfo>
 
 }  // namespace
 
+// Migration 4: market data. One row per bar of a series (symbol, interval, open time in unix
+// milliseconds, as the exchanges give it); partial is 1 while the bar may still be open;
+// updated_at is unix microseconds. The primary key serves every range query of a series.
+constexpr std::string_view kCandles = R"sql(
+CREATE TABLE candles (
+  symbol TEXT NOT NULL,
+  interval TEXT NOT NULL,
+  open_time BIGINT NOT NULL,
+  open DOUBLE PRECISION NOT NULL,
+  high DOUBLE PRECISION NOT NULL,
+  low DOUBLE PRECISION NOT NULL,
+  close DOUBLE PRECISION NOT NULL,
+  volume DOUBLE PRECISION NOT NULL,
+  partial SMALLINT NOT NULL DEFAULT 0 CHECK (partial IN (0, 1)),
+  source TEXT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  PRIMARY KEY (symbol, interval, open_time)
+);
+)sql";
+
 const std::vector<Migration>& Migrations() {
   static const std::vector<Migration> migrations = {
       {.version = 1,
@@ -255,6 +275,7 @@ const std::vector<Migration>& Migrations() {
        .sqlite_sql = kJobsV2Sqlite,
        .postgres_sql = kJobsV2Postgres},
       {.version = 3, .name = "api_keys", .sqlite_sql = kApiKeys, .postgres_sql = kApiKeys},
+      {.version = 4, .name = "candles", .sqlite_sql = kCandles, .postgres_sql = kCandles},
   };
   return migrations;
 }
