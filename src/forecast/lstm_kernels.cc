@@ -1,0 +1,565 @@
+// Kernels for the native LSTM engine.
+//
+// Shape of the work. Gates are W x for a 4H x K weight matrix and a batch of columns x (one per
+// sequence, or one per sequence and step when a whole layer's input projection is computed at
+// once). All kernels broadcast activations and load weights: a weight block holds 8 (AVX2) or 16
+// (AVX-512) consecutive output rows for one k step, so one vector instruction updates 8 or 16
+// outputs of one column and no horizontal reduction is ever needed. A register tile covers
+// 4 row blocks x 3 columns in FP32 (AVX2: 12 accumulators, 4 weight loads and 3 broadcasts per k),
+// the usual outer-product micro-kernel of blocked GEMMs (Goto and van de Geijn, "Anatomy of
+// High-Performance Matrix Multiplication", ACM TOMS 2008), and 4 row blocks x 2 columns in INT8
+// on AVX2: _mm256_madd_epi16 cannot add into its destination as an FMA does, so each product
+// needs a temporary register, and 12 accumulators plus the weights, a broadcast and a temporary
+// exceed the 16 ymm registers (the compiler then spills accumulators to the stack inside the k
+// loop). Row tiles are the outer loop so a tile's weights stay in L1 while the columns stream
+// past.
+//
+// INT8. Weights are the file's per-row symmetric int8 values, activations are quantized per
+// column to [-127, 127], and products accumulate exactly in int32; the float result is
+// y += (w_scale[r] * x_scale[n]) * acc, one fused multiply-add.
+// - AVX2 widens both sides to int16 and uses _mm256_madd_epi16 (16 products -> 8 int32 pair
+//   sums). We chose it over _mm256_maddubs_epi16 because maddubs needs an unsigned operand and
+//   saturates its int16 pair sums (255 * 127 * 2 > 32767): avoiding that costs a bit of
+//   activation precision (7-bit inputs) or extra sign instructions, while madd_epi16 is exact for
+//   full 8-bit values at the same instruction count per product on this data (one madd and one
+//   add per 16 products versus sign, maddubs, madd and add per 32). Weights are stored widened
+//   (pairs of k interleaved per row), activations as int16.
+// - AVX-512 VNNI uses _mm512_dpbusd_epi32 (64 u8 x s8 products summed in groups of 4 into 16
+//   int32, no intermediate saturation). It needs unsigned activations, so they are stored as
+//   q + 128 and each row's sum of 128 * w is subtracted afterwards (the zero-point compensation
+//   of Intel's "Lower Numerical Precision Deep Learning Inference and Training", 2018).
+// All three INT8 kernels compute the same integers and the same final float operation, so their
+// outputs are identical bit for bit; the generic FP32 product uses std::fma in the same k order as
+// the AVX2 one for the same reason. Only the cell's sigmoid and tanh differ: the generic cell
+// calls the C library, the AVX2 one a rational approximation of tanh (absolute error below 4e-7,
+// sigmoid(x) = (1 + tanh(x / 2)) / 2), which needs no exponential and fewer instructions.
+#include "forecast/lstm_kernels.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "fmt/format.h"
+
+namespace megaserve::forecast::kernels {
+namespace {
+
+constexpr int kPadRows = 16;
+
+int RoundUp(int x, int m) { return (x + m - 1) / m * m; }
+
+int KStep(Kernel kernel) { return kernel == Kernel::kAvx512Vnni ? 4 : 2; }
+
+int32_t Load32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// ---------------------------------------------------------------- generic
+
+void GemmF32Generic(const PackedF32& w, const float* x, int ldx, int count, float* y, int ldy) {
+  const int blocks = PaddedRows(w.rows) / 8;
+  for (int rb = 0; rb < blocks; ++rb) {
+    const float* wb = &w.data[static_cast<std::size_t>(rb) * w.cols * 8];
+    for (int n = 0; n < count; ++n) {
+      const float* xc = x + static_cast<std::size_t>(n) * ldx;
+      float* yc = y + static_cast<std::size_t>(n) * ldy + rb * 8;
+      for (int i = 0; i < 8; ++i) {
+        float acc = 0;
+        for (int k = 0; k < w.cols; ++k) acc = std::fma(wb[k * 8 + i], xc[k], acc);
+        yc[i] += acc;
+      }
+    }
+  }
+}
+
+void GemmI8Generic(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int ldy) {
+  const int rows = PaddedRows(w.rows);
+  for (int n = 0; n < count; ++n) {
+    float* yc = y + static_cast<std::size_t>(n) * ldy;
+    for (int r = 0; r < rows; ++r) {
+      int32_t acc = 0;
+      if (w.kernel == Kernel::kAvx512Vnni) {
+        const int kp4 = w.kpad / 4;
+        const uint8_t* xc = &xq.x8[static_cast<std::size_t>(n) * w.kpad];
+        for (int kk = 0; kk < kp4; ++kk) {
+          const int8_t* wk =
+              &w.w8[((static_cast<std::size_t>(r / 16) * kp4 + kk) * 16 + r % 16) * 4];
+          for (int j = 0; j < 4; ++j) acc += int32_t{xc[4 * kk + j]} * wk[j];
+        }
+        acc -= w.comp[r];
+      } else {
+        const int kp2 = w.kpad / 2;
+        const int16_t* xc = &xq.x16[static_cast<std::size_t>(n) * w.kpad];
+        for (int kk = 0; kk < kp2; ++kk) {
+          const int16_t* wk =
+              &w.w16[((static_cast<std::size_t>(r / 8) * kp2 + kk) * 8 + r % 8) * 2];
+          acc += int32_t{wk[0]} * xc[2 * kk] + int32_t{wk[1]} * xc[2 * kk + 1];
+        }
+      }
+      yc[r] = std::fma(w.scale[r] * xq.scale[n], static_cast<float>(acc), yc[r]);
+    }
+  }
+}
+
+// Quantizes one column; returns its scale.
+template <typename T>
+float QuantizeColumn(const float* x, int cols, int kpad, int offset, T* q) {
+  float m = 0;
+  for (int k = 0; k < cols; ++k) m = std::max(m, std::fabs(x[k]));
+  const float inv = m > 0 ? 127.0f / m : 0.0f;
+  for (int k = 0; k < cols; ++k) {
+    const float v = std::clamp(std::nearbyint(x[k] * inv), -127.0f, 127.0f);
+    q[k] = static_cast<T>(static_cast<int>(v) + offset);
+  }
+  for (int k = cols; k < kpad; ++k) q[k] = static_cast<T>(offset);
+  return m / 127.0f;
+}
+
+void LstmCellGeneric(const float* g, int ldg, int count, int hidden, float* c, float* h, int ldh) {
+  for (int n = 0; n < count; ++n) {
+    const float* gc = g + static_cast<std::size_t>(n) * ldg;
+    float* cc = c + static_cast<std::size_t>(n) * hidden;
+    float* hc = h + static_cast<std::size_t>(n) * ldh;
+    for (int j = 0; j < hidden; ++j) {
+      const float i = Sigmoid(gc[j]);
+      const float f = Sigmoid(gc[hidden + j]);
+      const float gg = std::tanh(gc[2 * hidden + j]);
+      const float o = Sigmoid(gc[3 * hidden + j]);
+      cc[j] = f * cc[j] + i * gg;
+      hc[j] = o * std::tanh(cc[j]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX2 + FMA
+
+#define MEGASERVE_AVX2 __attribute__((target("avx2,fma")))
+
+template <int RB, int NC>
+MEGASERVE_AVX2 inline void TileF32Avx2(const float* wb, int cols, const float* x, int ldx, float* y,
+                                       int ldy) {
+  __m256 acc[RB][NC];
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  const std::size_t block = static_cast<std::size_t>(cols) * 8;
+  for (int k = 0; k < cols; ++k) {
+    __m256 wv[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) wv[r] = _mm256_loadu_ps(wb + r * block + k * 8);
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) {
+      const __m256 xb = _mm256_broadcast_ss(x + static_cast<std::size_t>(c) * ldx + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) acc[r][c] = _mm256_fmadd_ps(wv[r], xb, acc[r][c]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) {
+      float* yp = y + static_cast<std::size_t>(c) * ldy + r * 8;
+      _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), acc[r][c]));
+    }
+  }
+}
+
+template <int RB>
+MEGASERVE_AVX2 void RowTileF32Avx2(const float* wb, int cols, const float* x, int ldx, int count,
+                                   float* y, int ldy) {
+  int n = 0;
+  for (; n + 3 <= count; n += 3) {
+    TileF32Avx2<RB, 3>(wb, cols, x + static_cast<std::size_t>(n) * ldx, ldx,
+                       y + static_cast<std::size_t>(n) * ldy, ldy);
+  }
+  const float* xn = x + static_cast<std::size_t>(n) * ldx;
+  float* yn = y + static_cast<std::size_t>(n) * ldy;
+  if (count - n == 2) TileF32Avx2<RB, 2>(wb, cols, xn, ldx, yn, ldy);
+  if (count - n == 1) TileF32Avx2<RB, 1>(wb, cols, xn, ldx, yn, ldy);
+}
+
+MEGASERVE_AVX2 void GemmF32Avx2(const PackedF32& w, const float* x, int ldx, int count, float* y,
+                                int ldy) {
+  const int blocks = PaddedRows(w.rows) / 8;
+  const std::size_t block = static_cast<std::size_t>(w.cols) * 8;
+  int rb = 0;
+  for (; rb + 4 <= blocks; rb += 4) {
+    RowTileF32Avx2<4>(&w.data[rb * block], w.cols, x, ldx, count, y + rb * 8, ldy);
+  }
+  for (; rb < blocks; ++rb) {
+    RowTileF32Avx2<1>(&w.data[rb * block], w.cols, x, ldx, count, y + rb * 8, ldy);
+  }
+}
+
+template <int RB, int NC>
+MEGASERVE_AVX2 inline void TileI8Avx2(const int16_t* wb, int kp2, const int16_t* x, int kpad,
+                                      const float* ws, const float* xs, float* y, int ldy) {
+  __m256i acc[RB][NC];
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_si256();
+  }
+  const std::size_t block = static_cast<std::size_t>(kp2) * 16;
+  for (int kk = 0; kk < kp2; ++kk) {
+    __m256i wv[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) {
+      wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + r * block + kk * 16));
+    }
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) {
+      const __m256i xb = _mm256_set1_epi32(Load32(x + static_cast<std::size_t>(c) * kpad + 2 * kk));
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(wv[r], xb));
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+    const __m256 wsv = _mm256_loadu_ps(ws + r * 8);
+#pragma GCC unroll 3
+    for (int c = 0; c < NC; ++c) {
+      float* yp = y + static_cast<std::size_t>(c) * ldy + r * 8;
+      const __m256 s = _mm256_mul_ps(wsv, _mm256_set1_ps(xs[c]));
+      _mm256_storeu_ps(yp, _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[r][c]), _mm256_loadu_ps(yp)));
+    }
+  }
+}
+
+template <int RB>
+MEGASERVE_AVX2 void RowTileI8Avx2(const int16_t* wb, int kp2, const QuantizedCols& xq, int kpad,
+                                  const float* ws, int count, float* y, int ldy) {
+  int n = 0;
+  const int16_t* x = xq.x16.data();
+  const float* xs = xq.scale.data();
+  for (; n + 2 <= count; n += 2) {
+    TileI8Avx2<RB, 2>(wb, kp2, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
+                      y + static_cast<std::size_t>(n) * ldy, ldy);
+  }
+  if (n < count) {
+    TileI8Avx2<RB, 1>(wb, kp2, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
+                      y + static_cast<std::size_t>(n) * ldy, ldy);
+  }
+}
+
+MEGASERVE_AVX2 void GemmI8Avx2(const PackedI8& w, const QuantizedCols& xq, int count, float* y,
+                               int ldy) {
+  const int blocks = PaddedRows(w.rows) / 8;
+  const int kp2 = w.kpad / 2;
+  const std::size_t block = static_cast<std::size_t>(kp2) * 16;
+  int rb = 0;
+  for (; rb + 4 <= blocks; rb += 4) {
+    RowTileI8Avx2<4>(&w.w16[rb * block], kp2, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
+  }
+  for (; rb < blocks; ++rb) {
+    RowTileI8Avx2<1>(&w.w16[rb * block], kp2, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
+  }
+}
+
+// Quantizes columns whose length is a multiple of 16 to int16, as QuantizeColumn does.
+MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int cols, int kpad,
+                                     QuantizedCols* out) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  for (int n = 0; n < count; ++n) {
+    const float* xc = x + static_cast<std::size_t>(n) * ldx;
+    int16_t* q = &out->x16[static_cast<std::size_t>(n) * kpad];
+    __m256 mv = _mm256_setzero_ps();
+    for (int k = 0; k < cols; k += 8)
+      mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(xc + k), abs_mask));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    const float m = _mm_cvtss_f32(m4);
+    const float inv = m > 0 ? 127.0f / m : 0.0f;
+    const __m256 invv = _mm256_set1_ps(inv);
+    for (int k = 0; k < cols; k += 16) {
+      __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + k), invv));
+      __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + k + 8), invv));
+      a = _mm256_min_epi32(_mm256_max_epi32(a, lo), hi);
+      b = _mm256_min_epi32(_mm256_max_epi32(b, lo), hi);
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), packed);
+    }
+    for (int k = cols; k < kpad; ++k) q[k] = 0;
+    out->scale[n] = m / 127.0f;
+  }
+}
+
+// tanh(x) as the rational function x P(x^2) / Q(x^2) of degrees 13 and 6 that Eigen uses for
+// float tanh (Eigen's generic_fast_tanh_float), on x clamped to +-7.9053 (beyond it tanh rounds
+// to +-1 within 3e-7); the division is a reciprocal estimate refined by one Newton step
+// (r' = r (2 - q r)), cheaper than a division. Absolute error below 4e-7 (LstmKernelsTest checks
+// it over [-30, 30]).
+MEGASERVE_AVX2 inline __m256 TanhAvx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-7.90531110763549805f)),
+                    _mm256_set1_ps(7.90531110763549805f));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
+  p = _mm256_mul_ps(p, x);
+  __m256 q = _mm256_set1_ps(1.19825839466702e-06f);
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
+  const __m256 r = _mm256_rcp_ps(q);
+  return _mm256_mul_ps(p, _mm256_mul_ps(r, _mm256_fnmadd_ps(q, r, _mm256_set1_ps(2.0f))));
+}
+
+// sigmoid(x) = (1 + tanh(x / 2)) / 2.
+MEGASERVE_AVX2 inline __m256 SigmoidAvx2(__m256 x) {
+  const __m256 half = _mm256_set1_ps(0.5f);
+  return _mm256_fmadd_ps(half, TanhAvx2(_mm256_mul_ps(half, x)), half);
+}
+
+MEGASERVE_AVX2 void LstmCellAvx2(const float* g, int ldg, int count, int hidden, float* c, float* h,
+                                 int ldh) {
+  for (int n = 0; n < count; ++n) {
+    const float* gc = g + static_cast<std::size_t>(n) * ldg;
+    float* cc = c + static_cast<std::size_t>(n) * hidden;
+    float* hc = h + static_cast<std::size_t>(n) * ldh;
+    for (int j = 0; j < hidden; j += 8) {
+      const __m256 i = SigmoidAvx2(_mm256_loadu_ps(gc + j));
+      const __m256 f = SigmoidAvx2(_mm256_loadu_ps(gc + hidden + j));
+      const __m256 gg = TanhAvx2(_mm256_loadu_ps(gc + 2 * hidden + j));
+      const __m256 o = SigmoidAvx2(_mm256_loadu_ps(gc + 3 * hidden + j));
+      const __m256 cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(cc + j), _mm256_mul_ps(i, gg));
+      _mm256_storeu_ps(cc + j, cn);
+      _mm256_storeu_ps(hc + j, _mm256_mul_ps(o, TanhAvx2(cn)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512 VNNI
+
+#define MEGASERVE_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+// GCC 12's _mm512_cvtepi32_ps passes _mm512_undefined_ps(), which -Wmaybe-uninitialized flags.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+template <int NC>
+MEGASERVE_VNNI inline void TileI8Vnni(const int8_t* wb, int kp4, const uint8_t* x, int kpad,
+                                      const int32_t* comp, const float* ws, const float* xs,
+                                      float* y, int ldy) {
+  __m512i acc[NC];
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_si512();
+  for (int kk = 0; kk < kp4; ++kk) {
+    const __m512i wv = _mm512_loadu_si512(wb + kk * 64);
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      const __m512i xb = _mm512_set1_epi32(Load32(x + static_cast<std::size_t>(c) * kpad + 4 * kk));
+      acc[c] = _mm512_dpbusd_epi32(acc[c], xb, wv);
+    }
+  }
+  const __m512i cv = _mm512_loadu_si512(comp);
+  const __m512 wsv = _mm512_loadu_ps(ws);
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    float* yp = y + static_cast<std::size_t>(c) * ldy;
+    const __m512 s = _mm512_mul_ps(wsv, _mm512_set1_ps(xs[c]));
+    const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[c], cv));
+    _mm512_storeu_ps(yp, _mm512_fmadd_ps(s, a, _mm512_loadu_ps(yp)));
+  }
+}
+
+MEGASERVE_VNNI void GemmI8Vnni(const PackedI8& w, const QuantizedCols& xq, int count, float* y,
+                               int ldy) {
+  const int blocks = PaddedRows(w.rows) / 16;
+  const int kp4 = w.kpad / 4;
+  for (int rb = 0; rb < blocks; ++rb) {
+    const int8_t* wb = &w.w8[static_cast<std::size_t>(rb) * kp4 * 64];
+    const int32_t* comp = &w.comp[rb * 16];
+    const float* ws = &w.scale[rb * 16];
+    int n = 0;
+    for (; n + 4 <= count; n += 4) {
+      TileI8Vnni<4>(wb, kp4, &xq.x8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
+                    &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
+    }
+    for (; n < count; ++n) {
+      TileI8Vnni<1>(wb, kp4, &xq.x8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
+                    &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+std::string_view Name(Kernel kernel) {
+  switch (kernel) {
+    case Kernel::kAvx2:
+      return "avx2";
+    case Kernel::kAvx512Vnni:
+      return "avx512-vnni";
+    case Kernel::kGeneric:
+      break;
+  }
+  return "generic";
+}
+
+core::Result<Kernel> Parse(std::string_view name) {
+  for (Kernel k : {Kernel::kGeneric, Kernel::kAvx2, Kernel::kAvx512Vnni}) {
+    if (Name(k) == name) return k;
+  }
+  return core::InvalidArgument(
+      fmt::format("unknown kernel \"{}\" (allowed: generic, avx2, avx512-vnni)", name));
+}
+
+bool CpuSupports(Kernel kernel) {
+  switch (kernel) {
+    case Kernel::kGeneric:
+      return true;
+    case Kernel::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Kernel::kAvx512Vnni:
+      return CpuSupports(Kernel::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+}
+
+Kernel Best() {
+  if (CpuSupports(Kernel::kAvx512Vnni)) return Kernel::kAvx512Vnni;
+  if (CpuSupports(Kernel::kAvx2)) return Kernel::kAvx2;
+  return Kernel::kGeneric;
+}
+
+core::Result<Kernel> Requested() {
+  const char* env = std::getenv("MEGASERVE_FORECAST_KERNEL");
+  if (env == nullptr || *env == '\0') return Best();
+  auto kernel = Parse(env);
+  if (!kernel.ok()) {
+    return core::InvalidArgument("MEGASERVE_FORECAST_KERNEL: " + kernel.status().message());
+  }
+  if (!CpuSupports(*kernel)) {
+    return core::Status(core::StatusCode::kFailedPrecondition,
+                        fmt::format("MEGASERVE_FORECAST_KERNEL={}: this CPU lacks it (best: {})",
+                                    env, Name(Best())));
+  }
+  return kernel;
+}
+
+int PaddedRows(int rows) { return RoundUp(rows, kPadRows); }
+
+PackedF32 PackF32(const std::vector<float>& w, int rows, int cols) {
+  PackedF32 p;
+  p.rows = rows;
+  p.cols = cols;
+  const int padded = PaddedRows(rows);
+  p.data.assign(static_cast<std::size_t>(padded) * cols, 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    for (int k = 0; k < cols; ++k) {
+      p.data[(static_cast<std::size_t>(r / 8) * cols + k) * 8 + r % 8] =
+          w[static_cast<std::size_t>(r) * cols + k];
+    }
+  }
+  return p;
+}
+
+void GemmF32(Kernel kernel, const PackedF32& w, const float* x, int ldx, int count, float* y,
+             int ldy) {
+  if (kernel == Kernel::kGeneric) return GemmF32Generic(w, x, ldx, count, y, ldy);
+  GemmF32Avx2(w, x, ldx, count, y, ldy);
+}
+
+PackedI8 PackI8(Kernel kernel, const QuantizedMatrix& m) {
+  PackedI8 p;
+  p.kernel = kernel;
+  p.rows = m.rows;
+  p.cols = m.cols;
+  p.kpad = RoundUp(m.cols, KStep(kernel));
+  const int padded = PaddedRows(m.rows);
+  p.scale.assign(padded, 0.0f);
+  std::copy(m.scale.begin(), m.scale.end(), p.scale.begin());
+  auto q = [&](int r, int k) -> int8_t {
+    return r < m.rows && k < m.cols ? m.q[static_cast<std::size_t>(r) * m.cols + k] : 0;
+  };
+  if (kernel == Kernel::kAvx512Vnni) {
+    const int kp4 = p.kpad / 4;
+    p.w8.assign(static_cast<std::size_t>(padded) * p.kpad, 0);
+    p.comp.assign(padded, 0);
+    for (int r = 0; r < padded; ++r) {
+      for (int k = 0; k < p.kpad; ++k) {
+        p.w8[((static_cast<std::size_t>(r / 16) * kp4 + k / 4) * 16 + r % 16) * 4 + k % 4] =
+            q(r, k);
+        p.comp[r] += 128 * q(r, k);
+      }
+    }
+  } else {
+    const int kp2 = p.kpad / 2;
+    p.w16.assign(static_cast<std::size_t>(padded) * p.kpad, 0);
+    for (int r = 0; r < padded; ++r) {
+      for (int k = 0; k < p.kpad; ++k) {
+        p.w16[((static_cast<std::size_t>(r / 8) * kp2 + k / 2) * 8 + r % 8) * 2 + k % 2] = q(r, k);
+      }
+    }
+  }
+  return p;
+}
+
+void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, int kpad,
+                  QuantizedCols* out) {
+  const std::size_t n = static_cast<std::size_t>(count) * kpad;
+  out->scale.resize(count);
+  if (kernel == Kernel::kAvx512Vnni) {
+    out->x8.resize(n);
+    for (int c = 0; c < count; ++c) {
+      out->scale[c] = QuantizeColumn<uint8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad,
+                                              128, &out->x8[static_cast<std::size_t>(c) * kpad]);
+    }
+    return;
+  }
+  out->x16.resize(n);
+  if (kernel == Kernel::kAvx2 && cols % 16 == 0) {
+    return QuantizeColsAvx2(x, ldx, count, cols, kpad, out);
+  }
+  for (int c = 0; c < count; ++c) {
+    out->scale[c] = QuantizeColumn<int16_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad, 0,
+                                            &out->x16[static_cast<std::size_t>(c) * kpad]);
+  }
+}
+
+void GemmI8(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int ldy) {
+  switch (w.kernel) {
+    case Kernel::kAvx512Vnni:
+      return GemmI8Vnni(w, xq, count, y, ldy);
+    case Kernel::kAvx2:
+      return GemmI8Avx2(w, xq, count, y, ldy);
+    case Kernel::kGeneric:
+      break;
+  }
+  GemmI8Generic(w, xq, count, y, ldy);
+}
+
+void GemmI8Portable(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int ldy) {
+  GemmI8Generic(w, xq, count, y, ldy);
+}
+
+void LstmCell(Kernel kernel, const float* g, int ldg, int count, int hidden, float* c, float* h,
+              int ldh) {
+  if (kernel != Kernel::kGeneric && hidden % 8 == 0) {
+    return LstmCellAvx2(g, ldg, count, hidden, c, h, ldh);
+  }
+  LstmCellGeneric(g, ldg, count, hidden, c, h, ldh);
+}
+
+}  // namespace megaserve::forecast::kernels
