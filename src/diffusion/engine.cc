@@ -32,7 +32,7 @@ std::vector<std::string> Candidates() {
   return paths;
 }
 
-core::Result<Engine*> Open() {
+core::Result<TorchPlugin> Open() {
   const auto paths = Candidates();
   for (const auto& path : paths) {
     if (!std::filesystem::exists(path)) continue;
@@ -42,21 +42,7 @@ core::Result<Engine*> Open() {
       return core::Status(core::StatusCode::kFailedPrecondition,
                           fmt::format("cannot load the libtorch plugin {}: {}", path, dlerror()));
     }
-    auto entry = reinterpret_cast<EngineEntryFn>(dlsym(handle, kEngineEntrySymbol));
-    if (entry == nullptr) {
-      return core::Status(core::StatusCode::kFailedPrecondition,
-                          fmt::format("{} is not a megaserve libtorch plugin (no {} symbol)", path,
-                                      kEngineEntrySymbol));
-    }
-    Engine* engine = entry(kEngineAbiVersion);
-    if (engine == nullptr) {
-      return core::Status(
-          core::StatusCode::kFailedPrecondition,
-          fmt::format("{} was built for another megaserve version (engine ABI {} expected); "
-                      "rebuild it with this binary (make release)",
-                      path, kEngineAbiVersion));
-    }
-    return engine;  // the handle stays open for the life of the process
+    return TorchPlugin{handle, path};  // the handle stays open for the life of the process
   }
   return core::NotFound(fmt::format(
       "the libtorch plugin ({}) was not found; looked at: {}. Build it with `make release` "
@@ -65,14 +51,46 @@ core::Result<Engine*> Open() {
       paths.empty() ? std::string("(nowhere)") : fmt::format("{}", fmt::join(paths, ", "))));
 }
 
+core::Result<Engine*> OpenEngine() {
+  auto plugin = OpenTorchPlugin();
+  if (!plugin.ok()) return plugin.status();
+  const std::string& path = plugin->path;
+  auto entry = reinterpret_cast<EngineEntryFn>(dlsym(plugin->handle, kEngineEntrySymbol));
+  if (entry == nullptr) {
+    return core::Status(core::StatusCode::kFailedPrecondition,
+                        fmt::format("{} is not a megaserve libtorch plugin (no {} symbol)", path,
+                                    kEngineEntrySymbol));
+  }
+  Engine* engine = entry(kEngineAbiVersion);
+  if (engine == nullptr) {
+    return core::Status(
+        core::StatusCode::kFailedPrecondition,
+        fmt::format("{} was built for another megaserve version (engine ABI {} expected); "
+                    "rebuild it with this binary (make release)",
+                    path, kEngineAbiVersion));
+  }
+  return engine;
+}
+
 }  // namespace
+
+core::Result<TorchPlugin> OpenTorchPlugin() {
+  static std::mutex mu;
+  static TorchPlugin plugin;
+  std::lock_guard lock(mu);
+  if (plugin.handle != nullptr) return plugin;
+  auto opened = Open();
+  if (!opened.ok()) return opened.status();  // not cached: the user may fix it and retry
+  plugin = *opened;
+  return plugin;
+}
 
 core::Result<Engine*> LoadTorchEngine() {
   static std::mutex mu;
   static Engine* engine = nullptr;
   std::lock_guard lock(mu);
   if (engine != nullptr) return engine;
-  auto opened = Open();
+  auto opened = OpenEngine();
   if (!opened.ok()) return opened.status();  // not cached: the user may fix it and retry
   engine = *opened;
   return engine;

@@ -107,6 +107,17 @@ inline constexpr int kEngineAbiVersion = 2;
 using EngineEntryFn = Engine* (*)(int abi_version);
 inline constexpr const char* kEngineEntrySymbol = "megaserve_torch_engine";
 
+// The libtorch plugin as dlopen opened it: the handle (open until the process ends) and the file.
+struct TorchPlugin {
+  void* handle = nullptr;
+  std::string path;
+};
+
+// Opens the libtorch plugin once per process (diffusion and forecast training share it), looking
+// where LoadTorchEngine says. Errors (kNotFound, kFailedPrecondition) say where it looked and
+// what dlopen reported; a failure is not remembered, so a later call looks again.
+core::Result<TorchPlugin> OpenTorchPlugin();
+
 // Opens the libtorch plugin once per process and returns its engine. The plugin is looked for
 // at $MEGASERVE_TORCH_PLUGIN, then beside the running binary, then in ../lib/megaserve/ from it.
 // Errors (kNotFound, kFailedPrecondition) say where it looked and what dlopen reported.
