@@ -5,10 +5,12 @@
 
 #include <thread>
 
+#include "api/forecast_routes.h"
 #include "api/job_routes.h"
 #include "api/key_routes.h"
 #include "api/model_routes.h"
 #include "api/system_routes.h"
+#include "forecast/forecast_backend.h"
 #include "jobs/builtin_handlers.h"
 #include "jobs/jobs_config.h"
 #include "jobs/webhook_signature.h"
@@ -136,18 +138,32 @@ core::Result<std::unique_ptr<App>> App::Create(const core::Config& config,
       .cache_bytes = config.models.cache_bytes,
       .registry = &registry});
   RegisterModelRoutes(app->router_, {.repository = app->models_.get(), .pool = app->pool_.get()});
+
+  app->models_->RegisterBackend(std::string(forecast::kForecastBackend),
+                                forecast::LoadForecastModel);
+  app->candles_ = std::make_unique<forecast::CandleStore>(*app->db_);
+  app->forecasts_ = std::make_unique<forecast::ForecastService>(forecast::ForecastServiceOptions{
+      .repository = app->models_.get(), .candles = app->candles_.get()});
+  RegisterForecastRoutes(
+      app->router_,
+      {.service = app->forecasts_.get(), .candles = app->candles_.get(), .pool = app->pool_.get()});
+  auto market_sync = forecast::PeriodicSync::Create(config.market_data, *app->candles_);
+  if (!market_sync.ok()) return market_sync.status();
+  app->market_sync_ = std::move(*market_sync);  // null unless market_data.sync lists series
   return app;
 }
 
 core::Status App::Start() {
   server_ = std::make_unique<net::Server>(config_, router_, registry_);
   if (auto s = server_->Bind(); !s.ok()) return s;
-  auto gateway = gateway::Gateway::Create({.config = &config_,
-                                           .registry = &registry_,
-                                           .keys = keys_.get(),
-                                           .pool = pool_.get(),
-                                           .loops = server_->loops(),
-                                           .proxy = role_ == Role::kGateway});
+  auto gateway = gateway::Gateway::Create(
+      {.config = &config_,
+       .registry = &registry_,
+       .keys = keys_.get(),
+       .pool = pool_.get(),
+       .loops = server_->loops(),
+       .proxy = role_ == Role::kGateway,
+       .cache_key_salt = candles_ ? ForecastCacheSalt(*candles_) : nullptr});
   if (!gateway.ok()) return gateway.status();
   gateway_ = std::move(*gateway);
   if (auto s = gateway_->Install(router_); !s.ok()) return s;
@@ -163,6 +179,7 @@ core::Status App::Start() {
   // With jobs.concurrency 0 the API only enqueues; megaserve worker processes run the jobs.
   if (workers_ && config_.jobs.concurrency > 0) workers_->Start();
   if (webhooks_) webhooks_->Start();
+  if (market_sync_) market_sync_->Start();
   started_ = true;
   server_->set_ready(true);
   return core::Status::Ok();
@@ -176,6 +193,7 @@ void App::Shutdown() {
   if (streams_) streams_->Stop();
   if (workers_ && started_) workers_->Stop(config_.server.drain_timeout);
   if (webhooks_) webhooks_->Stop(config_.server.drain_timeout);
+  if (market_sync_) market_sync_->Stop();
   if (pool_) pool_->Shutdown();
 }
 

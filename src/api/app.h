@@ -3,10 +3,11 @@
 //
 // Start-up order: open the store (and migrate it when store.migrate_on_start), start the
 // blocking pool, the job queue, the workers, the webhook dispatcher (when webhooks.secret is set)
-// and the event streams, register the routes, then listen. Shutdown runs the other way: HTTP
-// drains first (in-flight requests finish, streams get their last chunk), then event streams,
-// workers (running jobs get server.drain_timeout to finish), webhook deliveries in flight (as
-// long again), and the blocking pool.
+// and the event streams, register the routes, then listen, then start the market data sync (when
+// market_data.sync lists series). Shutdown runs the other way: HTTP drains first (in-flight
+// requests finish, streams get their last chunk), then event streams, workers (running jobs get
+// server.drain_timeout to finish), webhook deliveries in flight (as long again), the market data
+// sync, and the blocking pool.
 #pragma once
 
 #include <memory>
@@ -16,6 +17,9 @@
 #include "api/status.h"
 #include "core/blocking_pool.h"
 #include "core/config.h"
+#include "forecast/candle_store.h"
+#include "forecast/forecast_service.h"
+#include "forecast/market_sync.h"
 #include "gateway/api_keys.h"
 #include "gateway/gateway.h"
 #include "jobs/job_queue.h"
@@ -65,6 +69,8 @@ class App {
   StatusCache& status() { return *status_; }
   store::Database& database() { return *db_; }
   models::Repository& models() { return *models_; }
+  forecast::CandleStore& candles() { return *candles_; }
+  forecast::ForecastService& forecasts() { return *forecasts_; }
   gateway::ApiKeyStore& keys() { return *keys_; }
   gateway::Gateway& gateway() { return *gateway_; }
 
@@ -76,7 +82,10 @@ class App {
   Role role_;
   std::unique_ptr<store::Database> db_;
   std::unique_ptr<gateway::ApiKeyStore> keys_;
-  std::unique_ptr<models::Repository> models_;  // outlives pool_, whose tasks use it
+  std::unique_ptr<models::Repository> models_;            // outlives pool_, whose tasks use it
+  std::unique_ptr<forecast::CandleStore> candles_;        // serve only; outlives pool_ too
+  std::unique_ptr<forecast::ForecastService> forecasts_;  // serve only; outlives pool_ too
+  std::unique_ptr<forecast::PeriodicSync> market_sync_;   // serve with market_data.sync only
   std::unique_ptr<core::BlockingPool> pool_;
   std::unique_ptr<jobs::JobQueue> queue_;
   std::unique_ptr<jobs::Workers> workers_;

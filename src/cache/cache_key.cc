@@ -128,6 +128,7 @@ XXH128_hash_t HashParts(Sink& sink, const KeyParts& parts) {
     PutPart(sink, name);
     PutPart(sink, value);
   }
+  if (parts.salt != 0) PutLength(sink, parts.salt);  // keys without a salt stay as they were
   return sink.Digest();
 }
 
@@ -145,7 +146,7 @@ std::string CacheKey::Hex() const {
 
 CacheKey MakeCacheKey(const KeyParts& parts) {
   // An upper bound of the bytes fed (8-byte lengths, the query's pieces and their separators).
-  std::size_t bytes = 8 * 6 + parts.method.size() + parts.route.size() + parts.path.size() +
+  std::size_t bytes = 8 * 7 + parts.method.size() + parts.route.size() + parts.path.size() +
                       parts.query.size() + parts.body.size();
   for (const auto& [name, value] : parts.vary) bytes += 16 + name.size() + value.size();
   XXH128_hash_t h;

@@ -32,6 +32,9 @@ struct KeyParts {
   std::string_view query;  // as received; normalized before hashing
   std::string_view body;   // only for POST routes that declare themselves cacheable; else ""
   std::span<const std::pair<std::string_view, std::string_view>> vary;
+  // A number folded into the key when non-zero: the version of the data a route's responses
+  // derive from (CacheFilterOptions::key_salt), so that new data selects new entries.
+  std::uint64_t salt = 0;
 };
 
 // XXH3-128 over the parts, each length-prefixed so that no two different part lists collide by

@@ -154,5 +154,17 @@ TEST(MakeCacheKeyTest, SmallAndLargeInputsHashTheSameByteSequence) {
   }
 }
 
+TEST(MakeCacheKeyTest, ASaltSelectsAnotherKeyAndZeroChangesNothing) {
+  KeyParts parts = Parts("a=1");
+  const CacheKey plain = MakeCacheKey(parts);
+  parts.salt = 0;
+  EXPECT_EQ(MakeCacheKey(parts), plain);
+  parts.salt = 1;
+  const CacheKey one = MakeCacheKey(parts);
+  parts.salt = 2;
+  EXPECT_NE(one, plain);
+  EXPECT_NE(MakeCacheKey(parts), one);
+}
+
 }  // namespace
 }  // namespace megaserve::cache

@@ -352,6 +352,7 @@ void CacheFilter::OnRequest(Exchange& ex) {
   parts.query = request.query;
   parts.body = post ? request.body : std::string_view{};
   parts.vary = vary;
+  if (options_.key_salt) parts.salt = options_.key_salt(parts.route);
   const CacheKey key = cache::MakeCacheKey(parts);
 
   const std::int64_t now = Now();

@@ -82,6 +82,11 @@ struct CacheFilterOptions {
   std::uint64_t seed = 0x6d65676173657276ULL;
   // Uniform random numbers in (0, 1] for XFetch; null means a sequence derived from `seed`.
   std::function<double()> random;
+  // The salt of a route's keys (cache::KeyParts::salt), asked on every cacheable request with
+  // the route's pattern; 0 = none. A route whose responses derive from data that changes
+  // returns the data's version, so that a change makes the next request a miss without
+  // enumerating the entries to drop. Must be cheap and must not allocate. Null = no salt.
+  std::function<std::uint64_t(std::string_view route)> key_salt;
 };
 
 class CacheFilter final : public Filter {

@@ -501,6 +501,24 @@ TEST_F(CacheFilterTest, PostIsCachedByBodyWhenTheRouteSaysSo) {
   EXPECT_EQ(origin.calls.load(), 3);
 }
 
+TEST_F(CacheFilterTest, KeySaltChangeMakesTheNextRequestAMiss) {
+  std::atomic<std::uint64_t> version{1};
+  std::string salted_route;
+  Build({.key_salt = [&](std::string_view route) -> std::uint64_t {
+    salted_route = std::string(route);
+    return version.load();
+  }});
+  EXPECT_EQ(Get().Body(), "v1");
+  EXPECT_EQ(salted_route, kPattern);
+  EXPECT_EQ(Get().Body(), "v1");  // the same salt: a hit
+  version = 2;                    // the data changed
+  net::Response r = Get();
+  EXPECT_EQ(r.Body(), "v2");
+  EXPECT_NE(HeaderOf(r, "Cache-Status").find("fwd=miss"), std::string::npos);
+  EXPECT_EQ(Get().Body(), "v2");
+  EXPECT_EQ(origin.calls.load(), 2);
+}
+
 TEST_F(CacheFilterTest, PostBypassesTheCacheByDefault) {
   Build();
   EXPECT_EQ(Send(*chain, net::Method::kPost, "/v1/items/7", "a").Body(), "v1");

@@ -102,6 +102,7 @@ core::Result<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options) {
   }
   CacheFilterOptions cache_options;
   cache_options.xfetch_beta = config.cache.xfetch_beta;
+  cache_options.key_salt = options.cache_key_salt;
   g->cache_ =
       std::make_unique<CacheFilter>(*g->memory_, g->redis_cache_.get(), registry, cache_options);
 

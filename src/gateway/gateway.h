@@ -11,6 +11,8 @@
 // Server::Start().
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -54,6 +56,8 @@ struct GatewayOptions {
   // megaserve gateway: routes whose policy names an upstream are proxied. In
   // serve they stay in-process and their upstream is ignored.
   bool proxy = false;
+  // The response cache's per-route key salt (CacheFilterOptions::key_salt); null = none.
+  std::function<std::uint64_t(std::string_view route)> cache_key_salt;
 };
 
 // Whether API keys are required, from gateway.auth and server.listen: "auto"

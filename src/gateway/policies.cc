@@ -41,10 +41,13 @@ std::vector<RoutePolicy> DefaultPolicies() {
       Make("/v1/admin*", {"auth"}, "admin"),
       Make("/v1/jobs*", {"auth", "rate_limit"}, "jobs"),
       Make("/v1/forecasts*", {"auth", "rate_limit", "cache"}, "forecasts", minutes(5)),
+      Make("/v1/markets*", {"auth", "rate_limit", "cache"}, "forecasts", seconds(30)),
       Make("/v1/images*", {"auth", "rate_limit"}, "images"),
       Make("/v1/videos*", {"auth", "rate_limit"}, "videos"),
       Make("*", {"auth", "rate_limit"}),
   };
+  // A forecast is asked for with a POST body; identical bodies share an entry.
+  for (RoutePolicy& policy : p) policy.cache_post = policy.pattern == "/v1/forecasts*";
   return p;
 }
 

@@ -15,7 +15,8 @@
 namespace megaserve::gateway {
 
 // The built-in policies: system routes unfiltered, /v1/status cached 30 s, model metadata 1 h,
-// forecasts 5 min, job and admin routes behind their scopes, and "*" = auth and rate limit.
+// forecasts 5 min (POST bodies cached too), market data 30 s, job and admin routes behind their
+// scopes, and "*" = auth and rate limit.
 std::vector<RoutePolicy> DefaultPolicies();
 
 // The defaults with config.routes laid over them.

@@ -19,6 +19,11 @@ TEST(PoliciesTest, DefaultTtlsFollowTheRouteKind) {
   auto policies = DefaultPolicies();
   EXPECT_EQ(PolicyFor(policies, "/v1/status").cache_ttl, std::chrono::seconds(30));
   EXPECT_EQ(PolicyFor(policies, "/v1/forecasts/{symbol}").cache_ttl, std::chrono::minutes(5));
+  EXPECT_TRUE(PolicyFor(policies, "/v1/forecasts").cache_post);
+  EXPECT_FALSE(PolicyFor(policies, "/v1/models").cache_post);
+  EXPECT_EQ(PolicyFor(policies, "/v1/markets/{symbol}/candles").cache_ttl,
+            std::chrono::seconds(30));
+  EXPECT_EQ(PolicyFor(policies, "/v1/markets/{symbol}/candles").scope, "forecasts");
   EXPECT_EQ(PolicyFor(policies, "/v1/models").cache_ttl, std::chrono::hours(1));
 }
 

@@ -1,0 +1,431 @@
+#include "forecast/forecast_service.h"
+
+#include <fmt/format.h>
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <future>
+#include <limits>
+
+#include "core/time_format.h"
+#include "forecast/backtest.h"
+#include "forecast/features.h"
+#include "forecast/forecast_backend.h"
+
+namespace megaserve::forecast {
+
+struct SeriesWindow {
+  uint64_t version = 0;  // CandleStore::version() when built
+  int64_t built_at_ms = 0;
+  int64_t valid_until_ms = 0;  // when a bar that was open at build time closes
+  Normalization norm;
+  int window = 0;
+  std::string input;  // the backend's binary request
+  DataFreshness data;
+};
+
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string JoinSymbols(const std::vector<ForecastSeries>& series) {
+  std::vector<std::string> symbols;
+  for (const ForecastSeries& s : series) {
+    if (std::find(symbols.begin(), symbols.end(), s.symbol) == symbols.end()) {
+      symbols.push_back(s.symbol);
+    }
+  }
+  return symbols.empty() ? "none" : fmt::format("{}", fmt::join(symbols, ", "));
+}
+
+std::string IntervalsOf(const std::vector<ForecastSeries>& series, std::string_view symbol) {
+  std::vector<std::string> intervals;
+  for (const ForecastSeries& s : series) {
+    if (s.symbol == symbol) intervals.push_back(s.interval);
+  }
+  return fmt::format("{}", fmt::join(intervals, ", "));
+}
+
+std::string FormatQuantiles(const std::vector<double>& qs) {
+  std::vector<std::string> out;
+  for (double q : qs) out.push_back(fmt::format("{:g}", q));
+  return fmt::format("{}", fmt::join(out, ", "));
+}
+
+core::Status FailedPrecondition(std::string message) {
+  return {core::StatusCode::kFailedPrecondition, std::move(message)};
+}
+
+std::string NoCandlesHint(std::string_view symbol, std::string_view interval) {
+  return fmt::format(
+      "load {} {} candles with `megaserve data import` (a CSV file) or `megaserve data sync` "
+      "(from an exchange)",
+      symbol, interval);
+}
+
+}  // namespace
+
+ForecastService::ForecastService(ForecastServiceOptions options) : options_(std::move(options)) {}
+
+int64_t ForecastService::NowMs() const {
+  return options_.now_ms ? options_.now_ms() : core::NowMicros() / 1000;
+}
+
+std::vector<ForecastSeries> ForecastService::Available() {
+  std::vector<ForecastSeries> out;
+  for (const models::ModelInfo& info : options_.repository->List()) {
+    if (!info.config || info.config->backend != kForecastBackend) continue;
+    std::size_t dash = info.name.rfind('-');
+    if (dash == std::string::npos || dash == 0) continue;
+    auto symbol = NormalizeSymbol(std::string_view(info.name).substr(0, dash));
+    std::string interval = info.name.substr(dash + 1);
+    if (!symbol.ok() || !IntervalMillis(interval).ok()) continue;
+    out.push_back({*symbol, interval, info.name});
+  }
+  std::sort(out.begin(), out.end(), [](const ForecastSeries& a, const ForecastSeries& b) {
+    if (a.symbol != b.symbol) return a.symbol < b.symbol;
+    return *IntervalMillis(a.interval) < *IntervalMillis(b.interval);
+  });
+  return out;
+}
+
+core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& request,
+                                                        std::string* param) {
+  std::string ignored;
+  if (param == nullptr) param = &ignored;
+  param->clear();
+  auto fail = [param](std::string_view field, core::Status s) {
+    *param = std::string(field);
+    return s;
+  };
+
+  auto symbol = NormalizeSymbol(request.symbol);
+  if (!symbol.ok()) {
+    return fail("symbol", core::InvalidArgument(fmt::format("{}; symbols with a forecast model: {}",
+                                                            symbol.status().message(),
+                                                            JoinSymbols(Available()))));
+  }
+  auto interval_ms = IntervalMillis(request.interval);
+  if (!interval_ms.ok()) {
+    std::vector<ForecastSeries> series = Available();
+    std::string intervals = IntervalsOf(series, *symbol);
+    return fail("interval",
+                core::InvalidArgument(
+                    intervals.empty()
+                        ? interval_ms.status().message()
+                        : fmt::format("unknown interval \"{}\"; intervals with a model for {}: {}",
+                                      request.interval, *symbol, intervals)));
+  }
+
+  const std::string name = Lower(*symbol) + "-" + request.interval;
+  auto handle = options_.repository->Acquire(name);
+  const ForecastBackendModel* model = nullptr;
+  if (handle.ok()) model = dynamic_cast<const ForecastBackendModel*>(&handle->model());
+  if (!handle.ok() && handle.status().code() != core::StatusCode::kNotFound) {
+    return handle.status();  // the model exists but cannot serve now
+  }
+  if (model == nullptr) {
+    std::vector<ForecastSeries> series = Available();
+    std::string intervals = IntervalsOf(series, *symbol);
+    if (!intervals.empty()) {
+      return fail("interval", core::InvalidArgument(fmt::format(
+                                  "no forecast model for {} {}; intervals with a model for {}: {}",
+                                  *symbol, request.interval, *symbol, intervals)));
+    }
+    return fail("symbol", core::NotFound(fmt::format(
+                              "no forecast model for symbol {}; symbols with a forecast model: {}",
+                              *symbol, JoinSymbols(series))));
+  }
+
+  const LstmShape& shape = model->shape();
+  const ModelInfo& info = model->info();
+  PreparedForecast out;
+  out.horizon = request.horizon == 0 ? shape.horizon : request.horizon;
+  if (out.horizon < 1 || out.horizon > shape.horizon) {
+    return fail("horizon",
+                core::InvalidArgument(fmt::format("horizon must be 1..{} for {} (got {})",
+                                                  shape.horizon, name, request.horizon)));
+  }
+  if (request.quantiles.empty()) {
+    for (int i = 0; i < shape.num_quantiles; ++i) out.quantile_index.push_back(i);
+  } else {
+    for (double q : request.quantiles) {
+      auto it = std::find_if(info.quantiles.begin(), info.quantiles.end(),
+                             [q](double m) { return std::abs(m - q) < 1e-9; });
+      if (it == info.quantiles.end()) {
+        return fail("quantiles", core::InvalidArgument(
+                                     fmt::format("quantile {:g} is not one of {}'s quantiles: {}",
+                                                 q, name, FormatQuantiles(info.quantiles))));
+      }
+      int index = static_cast<int>(it - info.quantiles.begin());
+      if (std::find(out.quantile_index.begin(), out.quantile_index.end(), index) !=
+          out.quantile_index.end()) {
+        return fail("quantiles",
+                    core::InvalidArgument(fmt::format("quantile {:g} is listed twice", q)));
+      }
+      out.quantile_index.push_back(index);
+    }
+    std::sort(out.quantile_index.begin(), out.quantile_index.end(),
+              [&info](int a, int b) { return info.quantiles[a] < info.quantiles[b]; });
+  }
+
+  out.made_at_ms = NowMs();
+  auto window = WindowFor(name, *model, *symbol, request.interval, *interval_ms, out.made_at_ms);
+  if (!window.ok()) return window.status();
+  out.window = std::move(*window);
+  out.model = model;
+  out.handle = std::make_shared<models::ModelHandle>(std::move(*handle));
+  out.symbol = std::move(*symbol);
+  out.interval = request.interval;
+  out.interval_ms = *interval_ms;
+  return out;
+}
+
+core::Result<std::shared_ptr<const SeriesWindow>> ForecastService::WindowFor(
+    const std::string& name, const ForecastBackendModel& model, const std::string& symbol,
+    const std::string& interval, int64_t interval_ms, int64_t now_ms) {
+  const uint64_t version = options_.candles->version();
+  {
+    std::lock_guard lock(mu_);
+    auto it = windows_.find(name);
+    if (it != windows_.end()) {
+      const SeriesWindow& w = *it->second;
+      if (w.version == version && w.norm == model.info().norm && w.window == model.shape().window &&
+          now_ms < w.valid_until_ms && now_ms - w.built_at_ms < options_.recheck.count()) {
+        return it->second;
+      }
+    }
+  }
+  // Concurrent rebuilds of one series are harmless: each reads the store once, the last one
+  // stays.
+  auto built = BuildWindow(model, symbol, interval, interval_ms, now_ms);
+  if (!built.ok()) return built.status();
+  std::lock_guard lock(mu_);
+  windows_[name] = *built;
+  return *built;
+}
+
+core::Result<std::shared_ptr<const SeriesWindow>> ForecastService::BuildWindow(
+    const ForecastBackendModel& model, const std::string& symbol, const std::string& interval,
+    int64_t interval_ms, int64_t now_ms) {
+  auto w = std::make_shared<SeriesWindow>();
+  // Read the version first: an upsert racing with the query below then only makes the window
+  // look older than it is, and it is rebuilt on the next request.
+  w->version = options_.candles->version();
+  w->built_at_ms = now_ms;
+  w->valid_until_ms = std::numeric_limits<int64_t>::max();
+  w->norm = model.info().norm;
+  w->window = model.shape().window;
+  const int64_t needed = FirstValidRow() + w->window;  // rows 0..28 only feed row 29's features
+
+  // One more than needed, newest first: the newest may be a bar that has not closed.
+  auto bars =
+      options_.candles->Range(symbol, interval, 0, std::numeric_limits<int64_t>::max(), needed + 1,
+                              /*include_partial=*/true, /*newest=*/true);
+  if (!bars.ok()) return bars.status();
+  std::vector<Candle>& candles = *bars;
+  while (!candles.empty() &&
+         (candles.back().partial || IsOpenAt(candles.back().open_time_ms, interval_ms, now_ms))) {
+    w->data.partial_bar = true;
+    w->valid_until_ms = std::min(w->valid_until_ms, candles.back().open_time_ms + interval_ms);
+    candles.pop_back();
+  }
+  if (static_cast<int64_t>(candles.size()) > needed) {
+    candles.erase(candles.begin(), candles.end() - needed);
+  }
+  if (candles.empty()) {
+    return FailedPrecondition(fmt::format("no complete candles of {} {} are stored; {}", symbol,
+                                          interval, NoCandlesHint(symbol, interval)));
+  }
+  if (static_cast<int64_t>(candles.size()) < needed) {
+    return FailedPrecondition(fmt::format(
+        "{} complete candles of {} {} are stored; the model needs at least {} ({} bars of "
+        "window and {} for the volume feature); {}",
+        candles.size(), symbol, interval, needed, w->window, FirstValidRow(),
+        NoCandlesHint(symbol, interval)));
+  }
+
+  std::vector<float> features = ComputeFeatures(candles);
+  Normalize(w->norm, features);
+  std::vector<float> window(static_cast<std::size_t>(w->window) * kFeatureCount);
+  Window(features, needed - 1, w->window, window);
+  w->input = EncodeBinaryWindow(window);
+
+  DataFreshness& d = w->data;
+  d.last_open_ms = candles.back().open_time_ms;
+  d.last_close_ms = d.last_open_ms + interval_ms;
+  d.last_close = candles.back().close;
+  d.first_open_ms = candles.front().open_time_ms;
+  for (const Gap& gap : FindGaps(candles, interval_ms)) d.gap_bars += gap.missing_bars;
+  d.candles_version = w->version;
+  return std::shared_ptr<const SeriesWindow>(std::move(w));
+}
+
+void ForecastService::Run(PreparedForecast prepared, const batching::SubmitOptions& options,
+                          std::function<void(core::Result<Forecast>)> done) {
+  auto p = std::make_shared<PreparedForecast>(std::move(prepared));
+  std::string input = p->window->input;
+  const models::ModelHandle& handle = *p->handle;
+  handle.Infer(std::move(input), options,
+               [p, done = std::move(done)](core::Result<std::string> answer) {
+                 if (!answer.ok()) return done(answer.status());
+                 const ForecastBackendModel& model = *p->model;
+                 const LstmShape& shape = model.shape();
+                 const ModelInfo& info = model.info();
+                 // Per thread: the batcher's threads answer every forecast.
+                 thread_local std::vector<float> outputs;
+                 thread_local std::vector<double> prices;
+                 outputs.resize(shape.outputs());
+                 prices.resize(shape.outputs());
+                 if (auto s = DecodeBinaryOutputs(*answer, outputs); !s.ok()) return done(s);
+                 const DataFreshness& data = p->window->data;
+                 QuantilesToPrices(data.last_close, outputs, shape.horizon, shape.num_quantiles,
+                                   info.norm.target_scale, prices);
+
+                 Forecast f;
+                 f.symbol = p->symbol;
+                 f.interval = p->interval;
+                 f.interval_ms = p->interval_ms;
+                 for (int i : p->quantile_index) f.quantiles.push_back(info.quantiles[i]);
+                 f.model_name = p->handle->name();
+                 f.model_version = p->handle->version();
+                 f.precision = model.precision();
+                 f.kernel = std::string(model.kernel());
+                 f.model_horizon = shape.horizon;
+                 f.trained_at_ms = info.trained_at_ms;
+                 f.made_at_ms = p->made_at_ms;
+                 f.data = data;
+                 f.data.age_s = std::max<int64_t>(0, (p->made_at_ms - data.last_close_ms) / 1000);
+                 f.steps.resize(p->horizon);
+                 for (int h = 1; h <= p->horizon; ++h) {
+                   ForecastStep& step = f.steps[h - 1];
+                   step.h = h;
+                   step.open_time_ms = data.last_open_ms + h * p->interval_ms;
+                   step.close_time_ms = step.open_time_ms + p->interval_ms;
+                   for (int i : p->quantile_index) {
+                     step.prices.push_back(prices[(h - 1) * shape.num_quantiles + i]);
+                   }
+                 }
+                 rapidjson::Document skill;
+                 skill.Parse(info.backtest_json.c_str(), info.backtest_json.size());
+                 if (!skill.HasParseError() && skill.IsObject() && skill.MemberCount() > 0) {
+                   f.skill_json = info.backtest_json;
+                 }
+                 p->handle.reset();  // gives the model back before the caller's work
+                 done(std::move(f));
+               });
+}
+
+core::Result<Forecast> ForecastService::ForecastNow(const ForecastRequest& request,
+                                                    std::string* param) {
+  auto prepared = Prepare(request, param);
+  if (!prepared.ok()) return prepared.status();
+  std::promise<core::Result<Forecast>> promise;
+  auto future = promise.get_future();
+  Run(std::move(*prepared), {},
+      [&promise](core::Result<Forecast> result) { promise.set_value(std::move(result)); });
+  return future.get();
+}
+
+std::string QuantileKey(double q) { return fmt::format("p{:g}", std::round(q * 1e6) / 1e4); }
+
+std::string ForecastJson(const Forecast& f) {
+  rapidjson::StringBuffer sb;
+  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+  auto str = [&w](const char* key, std::string_view value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  auto time = [&](const char* key, int64_t ms) { str(key, core::Rfc3339(ms * 1000)); };
+  w.StartObject();
+  str("object", "forecast");
+  str("symbol", f.symbol);
+  str("interval", f.interval);
+  w.Key("horizon");
+  w.Int(static_cast<int>(f.steps.size()));
+  w.Key("quantiles");
+  w.StartArray();
+  for (double q : f.quantiles) w.Double(q);
+  w.EndArray();
+  time("created_at", f.made_at_ms);
+
+  w.Key("model");
+  w.StartObject();
+  str("name", f.model_name);
+  w.Key("version");
+  w.Int(f.model_version);
+  str("precision", PrecisionName(f.precision));
+  str("kernel", f.kernel);
+  w.Key("horizon");
+  w.Int(f.model_horizon);
+  w.Key("trained_at");
+  if (f.trained_at_ms > 0) {
+    w.String(core::Rfc3339(f.trained_at_ms * 1000).c_str());
+  } else {
+    w.Null();
+  }
+  w.EndObject();
+
+  w.Key("data");
+  w.StartObject();
+  time("last_bar_open_time", f.data.last_open_ms);
+  w.Key("last_bar_open_time_ms");
+  w.Int64(f.data.last_open_ms);
+  time("last_bar_close_time", f.data.last_close_ms);
+  w.Key("last_close");
+  w.Double(f.data.last_close);
+  w.Key("age_seconds");
+  w.Int64(f.data.age_s);
+  w.Key("partial_bar");
+  w.Bool(f.data.partial_bar);
+  time("window_start", f.data.first_open_ms);
+  w.Key("gap_bars");
+  w.Int64(f.data.gap_bars);
+  w.Key("gaps");
+  w.Bool(f.data.gap_bars > 0);
+  w.EndObject();
+
+  w.Key("steps");
+  w.StartArray();
+  std::vector<std::string> keys;
+  for (double q : f.quantiles) keys.push_back(QuantileKey(q));
+  for (const ForecastStep& step : f.steps) {
+    w.StartObject();
+    w.Key("h");
+    w.Int(step.h);
+    time("open_time", step.open_time_ms);
+    w.Key("open_time_ms");
+    w.Int64(step.open_time_ms);
+    time("close_time", step.close_time_ms);
+    w.Key("prices");
+    w.StartObject();
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      w.Key(keys[i].c_str());
+      w.Double(step.prices[i]);
+    }
+    w.EndObject();
+    w.EndObject();
+  }
+  w.EndArray();
+
+  w.Key("skill");
+  if (f.skill_json.empty()) {
+    w.Null();
+    str("skill_note",
+        "this model has not been backtested; run `megaserve backtest` to measure its skill "
+        "against naive persistence");
+  } else {
+    w.RawValue(f.skill_json.data(), f.skill_json.size(), rapidjson::kObjectType);
+  }
+  w.EndObject();
+  return {sb.GetString(), sb.GetSize()};
+}
+
+}  // namespace megaserve::forecast
