@@ -9,8 +9,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 namespace megaserve::forecast {
 namespace {
@@ -166,10 +168,24 @@ std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
   out_buf.resize(inputs.size() * out_size);
   rows.assign(inputs.size(), -1);
 
+  // Identical inputs (clients asking for the same series at the same moment send the same
+  // window) share one row of the engine's batch.
+  thread_local std::vector<std::size_t> hashes;  // input index -> hash of its bytes
+  hashes.resize(inputs.size());
   std::vector<core::Result<std::string>> results;
   results.reserve(inputs.size());
   int batch = 0;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
+    hashes[i] = std::hash<std::string_view>{}(inputs[i]);
+    int same = -1;
+    for (std::size_t j = 0; j < i && same < 0; ++j) {
+      if (rows[j] >= 0 && hashes[j] == hashes[i] && inputs[j] == inputs[i]) same = rows[j];
+    }
+    if (same >= 0) {
+      rows[i] = same;
+      results.emplace_back(std::string());
+      continue;
+    }
     std::span<float> dst(in_buf.data() + batch * in_size, in_size);
     core::Status s = ParseInput(inputs[i], dst);
     if (s.ok()) {

@@ -20,7 +20,8 @@
 //     host-order IEEE 754 binary32; the answer is 0x01 followed by horizon * quantiles floats
 //     the same way (step-major).
 // InferBatch runs one LstmEngine::Run over every well-formed input of the batch; a malformed
-// input fails alone with kInvalidArgument.
+// input fails alone with kInvalidArgument. Byte-identical inputs (the same series' window asked
+// for by many clients at once) share one row of that run.
 #pragma once
 
 #include <cstddef>

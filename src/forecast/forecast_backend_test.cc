@@ -142,6 +142,32 @@ TEST_F(ForecastBackendTest, BatchMatchesSingleRunsAndTheEngine) {
   }
 }
 
+TEST_F(ForecastBackendTest, IdenticalInputsInABatchShareOneRowAndKeepTheirOwnAnswers) {
+  testing::WriteModelDir(dir_.path().string(), "m", model_, true, false);
+  auto loaded = Load("m");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ForecastBackendModel& model = **loaded;
+  const std::string a = EncodeBinaryWindow(RandomWindow(1));
+  const std::string b = EncodeBinaryWindow(RandomWindow(2));
+  const std::string bad("\x01short", 6);
+  // a, b, a, bad, bad, b, a: the repeats get the first copy's answer, the bad ones fail alone.
+  const std::vector<std::string> inputs = {a, b, a, bad, bad, b, a};
+  auto results = model.InferBatch(inputs);
+  ASSERT_EQ(results.size(), inputs.size());
+  auto alone_a = model.Infer(a);
+  auto alone_b = model.Infer(b);
+  ASSERT_TRUE(alone_a.ok() && alone_b.ok());
+  EXPECT_NE(*alone_a, *alone_b);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i] == bad) {
+      EXPECT_EQ(results[i].status().code(), core::StatusCode::kInvalidArgument) << i;
+      continue;
+    }
+    ASSERT_TRUE(results[i].ok()) << i << results[i].status().ToString();
+    EXPECT_EQ(*results[i], inputs[i] == a ? *alone_a : *alone_b) << i;
+  }
+}
+
 TEST_F(ForecastBackendTest, JsonRequestsGiveTheBinaryAnswerAsJson) {
   testing::WriteModelDir(dir_.path().string(), "m", model_, true, false);
   auto loaded = Load("m");
