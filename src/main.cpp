@@ -11,7 +11,11 @@
 #include <thread>
 
 #include "api/app.h"
+#include "cli/backtest_command.h"
+#include "cli/data_command.h"
+#include "cli/data_sync.h"
 #include "cli/generate.h"
+#include "cli/train_command.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/time_format.h"
@@ -362,12 +366,24 @@ int main(int argc, char** argv) {
   auto* new_secret = webhooks->add_subcommand(
       "new-secret", "Print a fresh webhook signing secret (\"whsec_...\") for webhooks.secret.");
 
+  cli::BacktestFlags backtest_flags;
+  auto* backtest = cli::AddBacktestCommand(app, backtest_flags);
   cli::GenerateFlags generate_flags;
   auto* generate = cli::AddGenerateCommand(app, generate_flags);
+  cli::DataFlags data_flags;
+  auto* data_cmd = cli::AddDataCommand(app, data_flags);
+  cli::DataSyncFlags data_sync_flags;
+  auto* data_sync = cli::AddDataSyncCommand(data_cmd, data_flags, data_sync_flags);
+  cli::TrainFlags train_flags;
+  auto* train = cli::AddTrainCommand(app, train_flags);
 
   CLI11_PARSE(app, argc, argv);
 
+  if (*backtest) return cli::RunBacktestCommand(backtest_flags);
   if (*generate) return cli::RunGenerate(generate_flags);
+  if (data_sync->parsed()) return cli::RunDataSync(data_flags, data_sync_flags);
+  if (*data_cmd) return cli::RunData(data_flags);
+  if (*train) return cli::RunTrainForecast(train_flags);
 
   if (*serve) return Serve(flags, api::Role::kServe);
   if (*gateway_cmd) return Serve(flags, api::Role::kGateway);
