@@ -234,7 +234,12 @@ core::Result<std::shared_ptr<const SeriesWindow>> ForecastService::BuildWindow(
   while (!candles.empty() &&
          (candles.back().partial || IsOpenAt(candles.back().open_time_ms, interval_ms, now_ms))) {
     w->data.partial_bar = true;
-    w->valid_until_ms = std::min(w->valid_until_ms, candles.back().open_time_ms + interval_ms);
+    // A bar open by the clock closes at a known time; one flagged partial in the store whose
+    // interval has passed (a file's last row) only stops being partial when a newer bar is
+    // stored, which changes the store's version.
+    if (IsOpenAt(candles.back().open_time_ms, interval_ms, now_ms)) {
+      w->valid_until_ms = std::min(w->valid_until_ms, candles.back().open_time_ms + interval_ms);
+    }
     candles.pop_back();
   }
   if (static_cast<int64_t>(candles.size()) > needed) {

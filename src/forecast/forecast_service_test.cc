@@ -220,6 +220,25 @@ TEST_F(ForecastServiceTest, WindowFollowsNewPartialAndClosingBars) {
   EXPECT_EQ(fourth.data.age_s, 0);
 }
 
+TEST_F(ForecastServiceTest, AStoredPartialBarWhoseIntervalPassedDoesNotForceRebuilds) {
+  // A file's last row is stored as partial; read long after its interval, it stays partial
+  // until a newer bar arrives, so the window built without it is reused meanwhile.
+  Candle last = SyntheticCandles(kBars + 1).back();
+  last.partial = true;
+  Upsert({last});
+  now_ms_ = last.open_time_ms + 100 * kFourHoursMs;
+  std::string param;
+  auto a = service_->Prepare({.symbol = "BTCUSDT", .interval = "4h"}, &param);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  now_ms_ = now_ms_ + 1000;
+  auto b = service_->Prepare({.symbol = "BTCUSDT", .interval = "4h"}, &param);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(a->window.get(), b->window.get()) << "the window was rebuilt";
+  Forecast f = Ok({.symbol = "BTCUSDT", .interval = "4h"});
+  EXPECT_TRUE(f.data.partial_bar);
+  EXPECT_EQ(f.data.last_open_ms, bars_.back().open_time_ms);
+}
+
 TEST_F(ForecastServiceTest, ReportsGapsInTheWindow) {
   std::vector<Candle> gappy = SyntheticCandles(30, testing::kJan2024Ms + 200 * kFourHoursMs);
   // 30 bars, then 3 missing, then 30 more: the window's 45 bars span the gap.
