@@ -5,10 +5,10 @@ tests/forecast/ref_lstm.py) into torch.nn.LSTM(batch_first=True) + torch.nn.Line
 step, in FP32, and times the forward pass under torch.no_grad() for each batch size: warm-up
 calls, then at least --reps timed calls (more until --min-ms have passed); prints the median.
 Without --threads it runs on one thread (torch.set_num_threads(1)) and prints
-  torch fp32 batch 1 us 5123.4
+  torch fp32 batch 1 us <median>
 --threads takes a comma-separated list of thread counts, times every batch with each (calling
 torch.set_num_threads(N) before timing) and says the count in each line:
-  torch fp32 batch 32 threads 2 us 2890.1
+  torch fp32 batch 32 threads 2 us <median>
 
 usage: forecast_torch.py --weights WEIGHTS.safetensors [--batches 1,32] [--threads 1,2]
                          [--reps 100]

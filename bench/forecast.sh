@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The forecasting service against its anchors, all in one run on one machine:
+#   engine    the native LSTM engine (INT8 and FP32) against PyTorch's nn.LSTM + nn.Linear (FP32,
+#             Debian's python3-torch) with the same shape and weights, batch 1 and batch 32
+#   model     the default model trained on the 4h BTCUSDT candles (train <= 2023, validate 2024)
+#             and backtested on 2025, next to naive persistence on 2024-2025
+#   batching  uncached POST /v1/forecasts with CONNECTIONS concurrent clients, the model's
+#             batcher on (max_batch_size 32) against off (max_batch_size 1)
+#   cached    POST /v1/forecasts answered by the response cache against GET /v1/status
+# Throughput pairs run back to back ROUNDS times; each ratio is the median of the rounds' ratios.
+#   bench/forecast.sh [BUILD_DIR]      (default build/release)
+# Environment: ROUNDS (5), DURATION (3s), CONNECTIONS (64), DATA (the 4h candles file),
+#   MODEL (an already trained model folder: skips training), EPOCHS (the trainer's default).
+# PyTorch runs with its own OpenBLAS settings: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset
+# for it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build/release}
+bin=$build/megaserve
+rounds=${ROUNDS:-5}
+duration=${DURATION:-3s}
+conns=${CONNECTIONS:-64}
+data=${DATA:-../shared/data/btcusdt_spot_4h.csv}
+for tool in wrk curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+[[ -f $data ]] || { echo "missing $data (the 4h BTCUSDT candles)" >&2; exit 1; }
+cmake --build "$build" --target megaserve forecast_bench >/dev/null
+[[ -x $bin && -x $build/forecast_bench ]] || { echo "missing $bin or forecast_bench" >&2; exit 1; }
+
+tmp=$(mktemp -d -t megaserve-forecast-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+source scripts/lib/throwaway.sh
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+verdict() { awk -v x="$1" -v t="$2" 'BEGIN {print (x >= t) ? "ok" : "MISSED"}'; }
+summary=()
+report() {  # label value target
+  local line
+  line=$(printf '%-58s %8s  >= %-6s %s' "$1" "$2" "$3" "$(verdict "$2" "$3")")
+  summary+=("$line")
+  echo "$line"
+}
+
+echo "== engine: native LSTM vs PyTorch nn.LSTM (same weights; $(nproc) cores) =="
+"$build/forecast_bench" --write-weights "$tmp/bench.safetensors" --threads 1,2 | tee "$tmp/engine.txt"
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/forecast_torch.py \
+  --weights "$tmp/bench.safetensors" --threads 1,2 | tee "$tmp/torch.txt"
+us() {  # file who precision batch threads -> median us (one-thread lines may omit "threads 1")
+  awk -v k="$2 $3 batch $4 threads $5 us" -v k1="$2 $3 batch $4 us" -v n="$5" \
+    'index($0, k) == 1 || (n == 1 && index($0, k1) == 1) {print $NF}' "$1" | head -n 1
+}
+fastest() { printf '%s\n' "$@" | sort -g | head -n 1; }
+for b in 1 32; do
+  e1=$(us "$tmp/engine.txt" engine int8 "$b" 1); e2=$(us "$tmp/engine.txt" engine int8 "$b" 2)
+  f1=$(us "$tmp/engine.txt" engine fp32 "$b" 1)
+  t1=$(us "$tmp/torch.txt" torch fp32 "$b" 1); t2=$(us "$tmp/torch.txt" torch fp32 "$b" 2)
+  [[ -n $e1 && -n $e2 && -n $f1 && -n $t1 && -n $t2 ]] ||
+    { echo "engine or torch timings missing for batch $b" >&2; exit 1; }
+  e=$(fastest "$e1" "$e2"); t=$(fastest "$t1" "$t2")
+  echo "batch $b: engine int8 $e1 us (1 thread) / $e2 us (2), fp32 $f1 us (1); PyTorch fp32 $t1 us (1) / $t2 us (2)"
+  echo "  one thread each: int8 $(ratio "$t1" "$e1")x, fp32 $(ratio "$t1" "$f1")x"
+  report "INT8 engine speed-up over PyTorch FP32, batch $b (each at its best)" "$(ratio "$t" "$e")" \
+    "$([[ $b == 1 ]] && echo 50 || echo 5)"
+done
+
+echo
+echo "== model: train, backtest =="
+home=$tmp/serve
+mkdir -p "$home/models"
+"$bin" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$home"
+if [[ -n ${MODEL:-} ]]; then
+  cp -r "$MODEL" "$home/models/btcusdt-4h"
+  echo "model: $MODEL (not retrained)"
+else
+  start_s=$(date +%s)
+  "$bin" train forecast --data "$data" --symbol BTCUSDT --interval 4h --train-until 2023-12-31 \
+    --validate-until 2024-12-31 --name btcusdt-4h --models-dir "$home/models" \
+    ${EPOCHS:+--epochs "$EPOCHS"} --quiet
+  echo "training took $(( $(date +%s) - start_s )) s"
+fi
+"$bin" backtest --model "$home/models/btcusdt-4h" --data "$data" --from 2025-01-01 \
+  --to 2025-12-31 --json "$tmp/backtest.json"
+echo "naive persistence and drift on 2024-01-01 .. 2025-12-31 (the README's 557 USD MAE at 4h):"
+"$bin" backtest --baseline-only --data "$data" --interval 4h --horizon 6 --from 2024-01-01 \
+  --to 2025-12-31
+
+echo
+echo "== serving: batching on vs off (uncached), cached vs /v1/status =="
+# Batching off: the same model with max_batch_size = 1.
+off=$tmp/serve-off
+mkdir -p "$off/models"
+cp "$home/megaserve.db" "$off/" 2>/dev/null || "$bin" data import "$data" --symbol BTCUSDT \
+  --interval 4h --data-dir "$off" >/dev/null
+cp -r "$home/models/btcusdt-4h" "$off/models/"
+sed -i 's/^max_batch_size *=.*/max_batch_size = 1/' "$off/models/btcusdt-4h/config.toml"
+grep -q '^max_batch_size = 1' "$off/models/btcusdt-4h/config.toml" ||
+  { echo "could not turn batching off in the copied config.toml" >&2; exit 1; }
+cat > "$tmp/uncached.toml" <<CONF
+[[routes]]
+pattern = "/v1/forecasts"
+filters = []
+CONF
+cat > "$tmp/cached.toml" <<CONF
+CONF
+start() {  # name port config-file data-dir
+  local name=$1 port=$2
+  MEGASERVE_LOG_ACCESS=false "$bin" serve --config "$3" --listen "127.0.0.1:$port" \
+    --data-dir "$4" 2>"$tmp/$name.log" &
+  pids+=("$!")
+  local pid=$!
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
+    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; exit 1; }
+    sleep 0.01
+  done
+}
+onport=$(free_port); offport=$(free_port); cport=$(free_port)
+start on "$onport" "$tmp/uncached.toml" "$home"
+start off "$offport" "$tmp/uncached.toml" "$off"
+start cached "$cport" "$tmp/cached.toml" "$home"
+body='{"symbol":"BTCUSDT","interval":"4h","horizon":6}'
+cat > "$tmp/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+for port in "$onport" "$offport" "$cport"; do
+  code=$(curl -s -o "$tmp/check.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    -d "$body" "http://127.0.0.1:$port/v1/forecasts")
+  [[ $code == 200 ]] || { echo "POST /v1/forecasts on $port: HTTP $code: $(cat "$tmp/check.out")" >&2; exit 1; }
+done
+echo "one forecast:"; cat "$tmp/check.out"; echo
+run_wrk() {  # url [wrk args] -> requests/s
+  local url=$1; shift
+  wrk -t1 -c"$conns" -d"$duration" "$@" "$url" | awk '/^Requests\/sec:/ {print $2}'
+}
+for url in "http://127.0.0.1:$onport/v1/forecasts" "http://127.0.0.1:$offport/v1/forecasts" \
+           "http://127.0.0.1:$cport/v1/forecasts"; do
+  wrk -t1 -c"$conns" -d1s -s "$tmp/post.lua" "$url" >/dev/null  # warm-up
+done
+declare -a on_off cached_status
+printf '%-6s %14s %14s %14s %14s\n' round "batching on" "batching off" "cached" "/v1/status"
+for r in $(seq "$rounds"); do
+  a=$(run_wrk "http://127.0.0.1:$onport/v1/forecasts" -s "$tmp/post.lua")
+  b=$(run_wrk "http://127.0.0.1:$offport/v1/forecasts" -s "$tmp/post.lua")
+  c=$(run_wrk "http://127.0.0.1:$cport/v1/forecasts" -s "$tmp/post.lua")
+  s=$(run_wrk "http://127.0.0.1:$cport/v1/status")
+  printf '%-6s %14s %14s %14s %14s\n' "$r" "$a" "$b" "$c" "$s"
+  on_off+=("$(ratio "$a" "$b")")
+  cached_status+=("$(ratio "$c" "$s")")
+done
+hits=$(curl -s "http://127.0.0.1:$cport/metrics" |
+  awk '/^megaserve_cache_requests_total\{.*route="\/v1\/forecasts".*result="hit"/ {s += $2} END {print s + 0}')
+echo "cache hits on /v1/forecasts (cached server): $hits"
+mean_batch() {  # port -> mean batch size the model's batcher formed
+  curl -s "http://127.0.0.1:$1/metrics" | awk '/^megaserve_inference_batch_size_sum/ {s = $2}
+    /^megaserve_inference_batch_size_count/ {n = $2} END {printf "%.1f", n ? s / n : 0}'
+}
+echo "mean batch size: batching on $(mean_batch "$onport"), off $(mean_batch "$offport")"
+echo "rounds: on/off ${on_off[*]}; cached/status ${cached_status[*]}"
+report "uncached forecasts, batching on / off ($conns clients)" "$(median "${on_off[@]}")" 4
+report "cached forecast / GET /v1/status" "$(median "${cached_status[@]}")" 0.9
+
+echo
+echo "== summary =="
+printf '%s\n' "${summary[@]}"
