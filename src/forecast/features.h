@@ -6,7 +6,7 @@
 //   1  high-low range      ln(high[t] / low[t])
 //   2  volume z-score      (ln(1 + volume[t]) - mean) / std over the last kVolumeWindow bars
 //                          ending at t (std floored at 1e-6)
-//   3  time of day         sin(2 pi h / 24), h = the UTC hour of the bar's open time plus minutes/60
+//   3  time of day         sin(2 pi h / 24), h = the bar's open time in UTC hours (fractional)
 //   4                      cos of the same
 //   5  day of week         sin(2 pi d / 7), d = days since Monday 00:00 UTC, fractional
 //   6                      cos of the same
