@@ -304,24 +304,26 @@ std::function<std::uint64_t(std::string_view route)> ForecastCacheSalt(
 }
 
 void RegisterForecastRoutes(net::Router& router, const ForecastsContext& ctx) {
-  // Prepare() may load the model and read candles (blocking), so it runs on the pool; the
-  // request then waits in the model's batcher, holding no thread, and the batcher's thread
-  // answers.
+  // With the model loaded and the series' window fresh, the request goes from the I/O thread
+  // straight to the model's batcher. Otherwise Prepare() may load the model and read candles
+  // (blocking), so it runs on the pool. Either way the request then waits in the batcher,
+  // holding no thread, and the batcher's thread answers.
   router.AddAsync(Method::kPost, "/v1/forecasts", [ctx](const Request& req, net::Reply reply) {
     auto parsed = std::make_shared<ParsedForecast>(ParseForecastRequest(req.body));
     if (parsed->error) return reply(std::move(*parsed->error));
     auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
-    bool queued = ctx.pool->Submit([ctx, shared_reply, parsed] {
+    auto answer = [shared_reply](core::Result<forecast::Forecast> result) {
+      if (!result.ok()) return (*shared_reply)(ForecastError(result.status(), ""));
+      (*shared_reply)(net::JsonResponse(200, forecast::ForecastJson(*result)));
+    };
+    if (auto warm = ctx.service->PrepareIfWarm(parsed->request); warm.ok()) {
+      return ctx.service->Run(std::move(*warm), {}, answer);
+    }
+    bool queued = ctx.pool->Submit([ctx, shared_reply, parsed, answer] {
       std::string param;
       auto prepared = ctx.service->Prepare(parsed->request, &param);
       if (!prepared.ok()) return (*shared_reply)(ForecastError(prepared.status(), param));
-      ctx.service->Run(std::move(*prepared), {},
-                       [shared_reply](core::Result<forecast::Forecast> result) {
-                         if (!result.ok()) {
-                           return (*shared_reply)(ForecastError(result.status(), ""));
-                         }
-                         (*shared_reply)(net::JsonResponse(200, forecast::ForecastJson(*result)));
-                       });
+      ctx.service->Run(std::move(*prepared), {}, answer);
     });
     if (!queued) {
       Response r = net::ErrorResponse(503, "overloaded", "too many requests waiting for a thread");

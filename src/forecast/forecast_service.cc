@@ -98,6 +98,16 @@ std::vector<ForecastSeries> ForecastService::Available() {
 
 core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& request,
                                                         std::string* param) {
+  return DoPrepare(request, param, /*warm_only=*/false);
+}
+
+core::Result<PreparedForecast> ForecastService::PrepareIfWarm(const ForecastRequest& request) {
+  return DoPrepare(request, nullptr, /*warm_only=*/true);
+}
+
+core::Result<PreparedForecast> ForecastService::DoPrepare(const ForecastRequest& request,
+                                                          std::string* param, bool warm_only) {
+  const core::Status cold = core::Unavailable("not warm");
   std::string ignored;
   if (param == nullptr) param = &ignored;
   param->clear();
@@ -107,12 +117,14 @@ core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& r
   };
 
   auto symbol = NormalizeSymbol(request.symbol);
+  if (!symbol.ok() && warm_only) return cold;
   if (!symbol.ok()) {
     return fail("symbol", core::InvalidArgument(fmt::format("{}; symbols with a forecast model: {}",
                                                             symbol.status().message(),
                                                             JoinSymbols(Available()))));
   }
   auto interval_ms = IntervalMillis(request.interval);
+  if (!interval_ms.ok() && warm_only) return cold;
   if (!interval_ms.ok()) {
     std::vector<ForecastSeries> series = Available();
     std::string intervals = IntervalsOf(series, *symbol);
@@ -125,12 +137,15 @@ core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& r
   }
 
   const std::string name = Lower(*symbol) + "-" + request.interval;
-  auto handle = options_.repository->Acquire(name);
+  auto handle =
+      warm_only ? options_.repository->AcquireLoaded(name) : options_.repository->Acquire(name);
+  if (!handle.ok() && warm_only) return cold;
   const ForecastBackendModel* model = nullptr;
   if (handle.ok()) model = dynamic_cast<const ForecastBackendModel*>(&handle->model());
   if (!handle.ok() && handle.status().code() != core::StatusCode::kNotFound) {
     return handle.status();  // the model exists but cannot serve now
   }
+  if (model == nullptr && warm_only) return cold;
   if (model == nullptr) {
     std::vector<ForecastSeries> series = Available();
     std::string intervals = IntervalsOf(series, *symbol);
@@ -177,9 +192,14 @@ core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& r
   }
 
   out.made_at_ms = NowMs();
-  auto window = WindowFor(name, *model, *symbol, request.interval, *interval_ms, out.made_at_ms);
-  if (!window.ok()) return window.status();
-  out.window = std::move(*window);
+  if (warm_only) {
+    out.window = FreshWindow(name, *model, out.made_at_ms);
+    if (out.window == nullptr) return cold;
+  } else {
+    auto window = WindowFor(name, *model, *symbol, request.interval, *interval_ms, out.made_at_ms);
+    if (!window.ok()) return window.status();
+    out.window = std::move(*window);
+  }
   out.model = model;
   out.handle = std::make_shared<models::ModelHandle>(std::move(*handle));
   out.symbol = std::move(*symbol);
@@ -188,21 +208,25 @@ core::Result<PreparedForecast> ForecastService::Prepare(const ForecastRequest& r
   return out;
 }
 
+std::shared_ptr<const SeriesWindow> ForecastService::FreshWindow(const std::string& name,
+                                                                 const ForecastBackendModel& model,
+                                                                 int64_t now_ms) {
+  const uint64_t version = options_.candles->version();
+  std::lock_guard lock(mu_);
+  auto it = windows_.find(name);
+  if (it == windows_.end()) return nullptr;
+  const SeriesWindow& w = *it->second;
+  if (w.version == version && w.norm == model.info().norm && w.window == model.shape().window &&
+      now_ms < w.valid_until_ms && now_ms - w.built_at_ms < options_.recheck.count()) {
+    return it->second;
+  }
+  return nullptr;
+}
+
 core::Result<std::shared_ptr<const SeriesWindow>> ForecastService::WindowFor(
     const std::string& name, const ForecastBackendModel& model, const std::string& symbol,
     const std::string& interval, int64_t interval_ms, int64_t now_ms) {
-  const uint64_t version = options_.candles->version();
-  {
-    std::lock_guard lock(mu_);
-    auto it = windows_.find(name);
-    if (it != windows_.end()) {
-      const SeriesWindow& w = *it->second;
-      if (w.version == version && w.norm == model.info().norm && w.window == model.shape().window &&
-          now_ms < w.valid_until_ms && now_ms - w.built_at_ms < options_.recheck.count()) {
-        return it->second;
-      }
-    }
-  }
+  if (auto fresh = FreshWindow(name, model, now_ms)) return fresh;
   // Concurrent rebuilds of one series are harmless: each reads the store once, the last one
   // stays.
   auto built = BuildWindow(model, symbol, interval, interval_ms, now_ms);

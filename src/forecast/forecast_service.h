@@ -142,6 +142,12 @@ class ForecastService {
   //   the repository's and the store's errors otherwise.
   core::Result<PreparedForecast> Prepare(const ForecastRequest& request, std::string* param);
 
+  // Prepare() without blocking, for an I/O thread: succeeds only when the model is loaded and
+  // the series' window is fresh in memory (no load, no store query, no folder read). Otherwise
+  // it fails (kUnavailable when it would have to block; a bad request may fail with its own
+  // error), and the caller runs Prepare() off the loop, which gives the full answer.
+  core::Result<PreparedForecast> PrepareIfWarm(const ForecastRequest& request);
+
   // Runs a prepared forecast through its model's batcher without blocking; `done` receives the
   // result on a batcher thread (or at once on this thread when the request is refused, e.g.
   // kResourceExhausted for a full queue, see ModelHandle::Infer).
@@ -155,6 +161,13 @@ class ForecastService {
   std::vector<ForecastSeries> Available();
 
  private:
+  // Prepare() and PrepareIfWarm(); `warm_only` refuses anything that would block.
+  core::Result<PreparedForecast> DoPrepare(const ForecastRequest& request, std::string* param,
+                                           bool warm_only);
+  // The series' window when it is fresh in memory, else null.
+  std::shared_ptr<const SeriesWindow> FreshWindow(const std::string& name,
+                                                  const ForecastBackendModel& model,
+                                                  int64_t now_ms);
   // The window of `model` for its series, rebuilt when stale (see the top of this file).
   core::Result<std::shared_ptr<const SeriesWindow>> WindowFor(const std::string& name,
                                                               const ForecastBackendModel& model,

@@ -239,6 +239,29 @@ TEST_F(ForecastServiceTest, AStoredPartialBarWhoseIntervalPassedDoesNotForceRebu
   EXPECT_EQ(f.data.last_open_ms, bars_.back().open_time_ms);
 }
 
+TEST_F(ForecastServiceTest, PrepareIfWarmOnlyServesALoadedModelsFreshWindow) {
+  const ForecastRequest request{.symbol = "BTCUSDT", .interval = "4h"};
+  auto cold = service_->PrepareIfWarm(request);
+  ASSERT_FALSE(cold.ok());
+  EXPECT_EQ(cold.status().code(), core::StatusCode::kUnavailable);
+  EXPECT_EQ(repository_->Info("btcusdt-4h")->state, models::ModelState::kUnavailable);
+
+  std::string param;
+  auto prepared = service_->Prepare(request, &param);
+  ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();
+  auto warm = service_->PrepareIfWarm(request);
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  EXPECT_EQ(warm->window.get(), prepared->window.get());
+
+  // A new candle makes the window stale: the warm path steps aside until Prepare rebuilds it.
+  Upsert({SyntheticCandles(kBars + 1).back()});
+  now_ms_ = SyntheticCandles(kBars + 1).back().open_time_ms + kFourHoursMs + 1000;
+  EXPECT_EQ(service_->PrepareIfWarm(request).status().code(), core::StatusCode::kUnavailable);
+  ASSERT_TRUE(service_->Prepare(request, &param).ok());
+  EXPECT_TRUE(service_->PrepareIfWarm(request).ok());
+  EXPECT_FALSE(service_->PrepareIfWarm({.symbol = "BTCUSDT", .interval = "5h"}).ok());
+}
+
 TEST_F(ForecastServiceTest, ReportsGapsInTheWindow) {
   std::vector<Candle> gappy = SyntheticCandles(30, testing::kJan2024Ms + 200 * kFourHoursMs);
   // 30 bars, then 3 missing, then 30 more: the window's 45 bars span the gap.

@@ -187,6 +187,18 @@ core::Result<ModelHandle> Repository::Acquire(std::string_view name) {
   }
 }
 
+core::Result<ModelHandle> Repository::AcquireLoaded(std::string_view name) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end() || !it->second->current || it->second->state == ModelState::kUnloading) {
+    return core::Unavailable(fmt::format("model \"{}\" is not loaded", name));
+  }
+  Entry& entry = *it->second;
+  ++entry.current->in_flight;
+  entry.last_used = ++clock_;
+  return ModelHandle(this, entry.current);
+}
+
 core::Result<ModelInfo> Repository::Load(std::string_view name) {
   std::unique_lock lock(mu_);
   Entry* entry = FindLocked(name);

@@ -141,6 +141,11 @@ class Repository {
   // has no room, or whatever the backend reported).
   core::Result<ModelHandle> Acquire(std::string_view name);
 
+  // A handle on the version serving now, without loading or reading the folder: for callers on
+  // an I/O thread, which fall back to Acquire elsewhere. kUnavailable when the model is not
+  // loaded (or unknown, or unloading).
+  core::Result<ModelHandle> AcquireLoaded(std::string_view name);
+
   // Loads the model, or reloads it from disk if it is loaded (see the top of this file); joins a
   // load already running. Returns the model's state afterwards. Errors: as Acquire, and
   // FailedPrecondition while the model is unloading.
