@@ -181,6 +181,26 @@ TEST_F(RepositoryTest, AcquireLoadsOnDemand) {
   EXPECT_THAT(text, HasSubstr(R"(megaserve_model_memory_bytes{model="a"} 123)"));
 }
 
+TEST_F(RepositoryTest, AcquireLoadedNeverLoads) {
+  WriteModel("a", 2);
+  auto repo = Make();
+  auto cold = repo->AcquireLoaded("a");
+  ASSERT_FALSE(cold.ok());
+  EXPECT_EQ(cold.status().code(), core::StatusCode::kUnavailable);
+  EXPECT_EQ(repo->AcquireLoaded("missing").status().code(), core::StatusCode::kUnavailable);
+  auto info = repo->Info("a");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, ModelState::kUnavailable);
+
+  ASSERT_TRUE(repo->Acquire("a").ok());
+  auto warm = repo->AcquireLoaded("a");
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  EXPECT_EQ(Run(*warm), "v2");
+  warm->Release();
+  ASSERT_TRUE(repo->Unload("a").ok());
+  EXPECT_EQ(repo->AcquireLoaded("a").status().code(), core::StatusCode::kUnavailable);
+}
+
 TEST_F(RepositoryTest, EchoBackendIsBuiltIn) {
   WriteModel("e", 1, "echo", "[warmup]\ninputs = [{ text = \"warm\" }]\n");
   auto repo = Make();
