@@ -247,6 +247,12 @@ class Process {
     static int counter = 0;
     out_ = ::testing::TempDir() + "/megaserve_" + std::to_string(getpid()) + "_" +
            std::to_string(++counter);
+    // Emptied before the child starts: a file left by an earlier test process with the same
+    // pid would otherwise be read (its old port) until the child truncates it.
+    for (const char* ext : {".out", ".err"}) {
+      int fd = open((out_ + ext).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (fd >= 0) close(fd);
+    }
     pid_ = fork();
     if (pid_ == 0) {
       int o = open((out_ + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -268,6 +274,8 @@ class Process {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
+    unlink((out_ + ".out").c_str());
+    unlink((out_ + ".err").c_str());
   }
 
   // Waits for exit; returns the exit code, or -1 on timeout, 128+N for signal N.
