@@ -86,6 +86,14 @@ int Serve(const ConfigFlags& flags, api::Role role) {
   auto loaded = flags.Load();
   if (!loaded.ok()) return Fail(loaded.status());
   const core::Config& config = loaded->config;
+  // Shutdown signals are taken by sigwait below, so every thread must have them blocked, the
+  // logger's background thread (started by InitLogging) included: a signal delivered to a thread
+  // that does not block it kills the process.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (auto s = core::InitLogging(config.log); !s.ok()) return Fail(s);
 
   std::error_code ec;
@@ -102,13 +110,6 @@ int Serve(const ConfigFlags& flags, api::Role role) {
                 {"version", "commit", "compiler", "build_type"})
       .WithLabels({build::kVersion, build::kGitCommit, build::kCompiler, build::kBuildType})
       .Set(1);
-
-  // Shutdown signals are taken by sigwait below, so every thread must have them blocked.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto app = api::App::Create(config, registry, role);
   if (!app.ok()) return Fail(app.status());
@@ -136,12 +137,12 @@ int Work(const ConfigFlags& flags, const std::string& queue_name, int concurrenc
   auto loaded = flags.Load();
   if (!loaded.ok()) return Fail(loaded.status());
   const core::Config& config = loaded->config;
-  if (auto s = core::InitLogging(config.log); !s.ok()) return Fail(s);
-  sigset_t signals;
+  sigset_t signals;  // blocked before any thread starts (see Serve)
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (auto s = core::InitLogging(config.log); !s.ok()) return Fail(s);
 
   auto db = store::OpenConfiguredStore(config);
   if (!db.ok()) return Fail(db.status());
