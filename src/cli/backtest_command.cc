@@ -12,6 +12,7 @@
 #include <limits>
 #include <optional>
 
+#include "cli/data_command.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/progress_bar.h"
@@ -131,21 +132,7 @@ core::Result<Series> LoadFile(const BacktestFlags& f) {
 
 core::Result<Series> LoadStore(const BacktestFlags& f, const std::string& symbol,
                                const std::string& interval) {
-  core::ConfigSources src;
-  src.file = f.config_file;
-  if (src.file.empty()) {
-    if (const char* env = std::getenv("MEGASERVE_CONFIG")) src.file = env;
-  }
-  src.env = core::ProcessEnvironment();
-  if (!f.data_dir.empty()) src.overrides.push_back({"data_dir", f.data_dir, "flag --data-dir"});
-  for (const auto& s : f.sets) {
-    auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      return core::InvalidArgument("flag --set: expected KEY=VALUE, got \"" + s + "\"");
-    }
-    src.overrides.push_back({s.substr(0, eq), s.substr(eq + 1), "flag --set"});
-  }
-  auto loaded = core::LoadConfig(src);
+  auto loaded = LoadCommandConfig(f.config_file, f.data_dir, f.sets);
   if (!loaded.ok()) return loaded.status();
   core::LogConfig quiet = loaded->config.log;
   quiet.level = "warn";  // migrations applied on the way are not worth a line here

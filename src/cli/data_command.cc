@@ -217,22 +217,28 @@ CLI::App* AddDataCommand(CLI::App& app, DataFlags& f) {
   return data;
 }
 
-core::Result<std::unique_ptr<store::Database>> OpenDataStore(const DataFlags& f) {
+core::Result<core::LoadedConfig> LoadCommandConfig(const std::string& config_file,
+                                                   const std::string& data_dir,
+                                                   const std::vector<std::string>& sets) {
   core::ConfigSources src;
-  src.file = f.config_file;
+  src.file = config_file;
   if (src.file.empty()) {
     if (const char* env = std::getenv("MEGASERVE_CONFIG")) src.file = env;
   }
   src.env = core::ProcessEnvironment();
-  if (!f.data_dir.empty()) src.overrides.push_back({"data_dir", f.data_dir, "flag --data-dir"});
-  for (const auto& s : f.sets) {
+  if (!data_dir.empty()) src.overrides.push_back({"data_dir", data_dir, "flag --data-dir"});
+  for (const auto& s : sets) {
     auto eq = s.find('=');
     if (eq == std::string::npos || eq == 0) {
       return core::InvalidArgument("flag --set: expected KEY=VALUE, got \"" + s + "\"");
     }
     src.overrides.push_back({s.substr(0, eq), s.substr(eq + 1), "flag --set"});
   }
-  auto loaded = core::LoadConfig(src);
+  return core::LoadConfig(src);
+}
+
+core::Result<std::unique_ptr<store::Database>> OpenDataStore(const DataFlags& f) {
+  auto loaded = LoadCommandConfig(f.config_file, f.data_dir, f.sets);
   if (!loaded.ok()) return loaded.status();
   const core::Config& config = loaded->config;
   std::error_code ec;

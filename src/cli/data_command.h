@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/status.h"
 #include "store/database.h"
 
@@ -49,6 +50,12 @@ void AddDataConfigFlags(CLI::App* cmd, DataFlags& flags);
 // Loads the configuration named by `flags`, creates data_dir, quiets the log to warnings and
 // opens the configured store (applying pending migrations when store.migrate_on_start is set).
 core::Result<std::unique_ptr<store::Database>> OpenDataStore(const DataFlags& flags);
+
+// The configuration a command-line tool runs with, layered as `serve` reads it: --config FILE
+// (else $MEGASERVE_CONFIG), MEGASERVE_* variables, then --data-dir and each --set KEY=VALUE.
+core::Result<core::LoadedConfig> LoadCommandConfig(const std::string& config_file,
+                                                   const std::string& data_dir,
+                                                   const std::vector<std::string>& sets);
 
 // Runs whichever of import, gaps and list was parsed, printing to `out` and errors to `err`.
 // Returns the exit code: 0 done, 1 failed (unreadable file, store error), 2 bad arguments.

@@ -28,21 +28,7 @@ std::string Utc(int64_t ms) { return forecast::FormatUtcTimestamp(ms) + " UTC"; 
 
 // The configuration as OpenDataStore reads it (for market_data.*).
 core::Result<core::Config> LoadSyncConfig(const DataFlags& f) {
-  core::ConfigSources src;
-  src.file = f.config_file;
-  if (src.file.empty()) {
-    if (const char* env = std::getenv("MEGASERVE_CONFIG")) src.file = env;
-  }
-  src.env = core::ProcessEnvironment();
-  if (!f.data_dir.empty()) src.overrides.push_back({"data_dir", f.data_dir, "flag --data-dir"});
-  for (const auto& s : f.sets) {
-    auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      return core::InvalidArgument("flag --set: expected KEY=VALUE, got \"" + s + "\"");
-    }
-    src.overrides.push_back({s.substr(0, eq), s.substr(eq + 1), "flag --set"});
-  }
-  auto loaded = core::LoadConfig(src);
+  auto loaded = LoadCommandConfig(f.config_file, f.data_dir, f.sets);
   if (!loaded.ok()) return loaded.status();
   return std::move(loaded->config);
 }

@@ -12,6 +12,7 @@
 #include <limits>
 #include <span>
 
+#include "cli/data_command.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/progress_bar.h"
@@ -32,21 +33,7 @@ constexpr const char* kFp32File = "model.safetensors";
 constexpr const char* kInt8File = "model.int8.safetensors";
 
 core::Result<core::LoadedConfig> LoadConfiguration(const TrainFlags& f) {
-  core::ConfigSources src;
-  src.file = f.config_file;
-  if (src.file.empty()) {
-    if (const char* env = std::getenv("MEGASERVE_CONFIG")) src.file = env;
-  }
-  src.env = core::ProcessEnvironment();
-  if (!f.data_dir.empty()) src.overrides.push_back({"data_dir", f.data_dir, "flag --data-dir"});
-  for (const auto& s : f.sets) {
-    const auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      return core::InvalidArgument("flag --set: expected KEY=VALUE, got \"" + s + "\"");
-    }
-    src.overrides.push_back({s.substr(0, eq), s.substr(eq + 1), "flag --set"});
-  }
-  return core::LoadConfig(src);
+  return LoadCommandConfig(f.config_file, f.data_dir, f.sets);
 }
 
 std::string Lower(std::string s) {
