@@ -201,8 +201,7 @@ class Engine final : public LstmEngine {
     for (const Layer& l : layers_) {
       bytes += (l.w_ih.data.size() + l.w_hh.data.size() + l.bias.size()) * sizeof(float);
       for (const auto* q : {&l.q_ih, &l.q_hh}) {
-        bytes += q->w16.size() * sizeof(int16_t) + q->w8.size() + q->comp.size() * sizeof(int32_t) +
-                 q->scale.size() * sizeof(float);
+        bytes += q->w8.size() + q->comp.size() * sizeof(int32_t) + q->scale.size() * sizeof(float);
       }
     }
     return bytes;
@@ -329,12 +328,16 @@ class Engine final : public LstmEngine {
 
 core::Status CheckInt8(const LstmShape& s, const Int8Matrices& q) {
   auto check = [](const char* name, const QuantizedMatrix& m, int rows, int cols) {
-    if (m.rows == rows && m.cols == cols && m.q.size() == static_cast<std::size_t>(rows) * cols &&
-        m.scale.size() == static_cast<std::size_t>(rows)) {
-      return core::Status::Ok();
+    if (m.rows != rows || m.cols != cols || m.q.size() != static_cast<std::size_t>(rows) * cols ||
+        m.scale.size() != static_cast<std::size_t>(rows)) {
+      return core::InvalidArgument(
+          fmt::format("int8 {} is {}x{}, expected {}x{}", name, m.rows, m.cols, rows, cols));
     }
-    return core::InvalidArgument(
-        fmt::format("int8 {} is {}x{}, expected {}x{}", name, m.rows, m.cols, rows, cols));
+    // The kernels negate weights (lstm_kernels.cc), which -128 would overflow.
+    if (std::find(m.q.begin(), m.q.end(), int8_t{-128}) != m.q.end()) {
+      return core::InvalidArgument(fmt::format("int8 {} holds -128 (outside [-127, 127])", name));
+    }
+    return core::Status::Ok();
   };
   if (q.w_ih.size() != static_cast<std::size_t>(s.num_layers) ||
       q.w_hh.size() != static_cast<std::size_t>(s.num_layers)) {

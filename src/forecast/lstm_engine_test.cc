@@ -316,6 +316,14 @@ TEST(LstmEngineTest, UsesTheFileIntegers) {
   wrong.w_hh[1].rows = 3;
   options.int8 = &wrong;
   EXPECT_FALSE(LstmEngine::Create(stored->weights, Precision::kInt8, options).ok());
+  // -128 has no negation in int8, which the kernels rely on.
+  Int8Matrices out_of_range = *ints;
+  out_of_range.w_ih[0].q[5] = -128;
+  options.int8 = &out_of_range;
+  auto refused = LstmEngine::Create(stored->weights, Precision::kInt8, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("-128"), std::string::npos)
+      << refused.status().message();
   std::filesystem::remove_all(dir);
 }
 

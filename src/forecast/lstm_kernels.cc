@@ -8,22 +8,21 @@
 // 4 row blocks x 3 columns in FP32 (AVX2: 12 accumulators, 4 weight loads and 3 broadcasts per k),
 // the usual outer-product micro-kernel of blocked GEMMs (Goto and van de Geijn, "Anatomy of
 // High-Performance Matrix Multiplication", ACM TOMS 2008), and 4 row blocks x 2 columns in INT8
-// on AVX2: _mm256_madd_epi16 cannot add into its destination as an FMA does, so each product
-// needs a temporary register, and 12 accumulators plus the weights, a broadcast and a temporary
-// exceed the 16 ymm registers (the compiler then spills accumulators to the stack inside the k
-// loop). Row tiles are the outer loop so a tile's weights stay in L1 while the columns stream
-// past.
+// on AVX2, whose products need temporaries (below) that leave no registers for a third column.
+// Row tiles are the outer loop so a tile's weights stay in L1 while the columns stream past.
 //
 // INT8. Weights are the file's per-row symmetric int8 values, activations are quantized per
 // column to [-127, 127], and products accumulate exactly in int32; the float result is
-// y += (w_scale[r] * x_scale[n]) * acc, one fused multiply-add.
-// - AVX2 widens both sides to int16 and uses _mm256_madd_epi16 (16 products -> 8 int32 pair
-//   sums). We chose it over _mm256_maddubs_epi16 because maddubs needs an unsigned operand and
-//   saturates its int16 pair sums (255 * 127 * 2 > 32767): avoiding that costs a bit of
-//   activation precision (7-bit inputs) or extra sign instructions, while madd_epi16 is exact for
-//   full 8-bit values at the same instruction count per product on this data (one madd and one
-//   add per 16 products versus sign, maddubs, madd and add per 32). Weights are stored widened
-//   (pairs of k interleaved per row), activations as int16.
+// y += (w_scale[r] * x_scale[n]) * acc, one fused multiply-add. Weights are stored as bytes, a
+// row's k in groups of 4 (a 4H x H recurrent matrix at H = 64 is 16 KiB and stays in L1).
+// - AVX2 uses _mm256_maddubs_epi16 (32 u8 x s8 products summed in pairs to int16) and widens the
+//   pairs to int32 sums of 4 with _mm256_madd_epi16 against ones. maddubs needs an unsigned
+//   operand, so it multiplies |x| by w carrying x's sign (_mm256_sign_epi8, as ggml's q8 dot
+//   products do): with both sides in [-127, 127] a pair sum is at most 2 * 127 * 127 = 32258,
+//   never saturated, so the result is exact. On the 2-core Zen 3 machine of docs/benchmarks.md
+//   these four instructions per 32 products ran at about 57 G products/s, against 33 G for the
+//   kernel they replaced, which widened both sides to int16 for _mm256_madd_epi16 alone (one
+//   instruction per 16 products, but that CPU issues about one vpmaddwd per cycle).
 // - AVX-512 VNNI uses _mm512_dpbusd_epi32 (64 u8 x s8 products summed in groups of 4 into 16
 //   int32, no intermediate saturation). It needs unsigned activations, so they are stored as
 //   q + 128 and each row's sum of 128 * w is subtracted afterwards (the zero-point compensation
@@ -51,7 +50,11 @@ constexpr int kPadRows = 16;
 
 int RoundUp(int x, int m) { return (x + m - 1) / m * m; }
 
-int KStep(Kernel kernel) { return kernel == Kernel::kAvx512Vnni ? 4 : 2; }
+// Every INT8 packing groups k by 4 (one int32 lane of products per row).
+constexpr int kKStep = 4;
+
+// Rows per INT8 row block: 16 for avx512-vnni, 8 otherwise.
+int I8Block(Kernel kernel) { return kernel == Kernel::kAvx512Vnni ? 16 : 8; }
 
 int32_t Load32(const void* p) {
   int32_t v;
@@ -80,29 +83,22 @@ void GemmF32Generic(const PackedF32& w, const float* x, int ldx, int count, floa
 }
 
 void GemmI8Generic(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int ldy) {
-  const int rows = PaddedRows(w.rows);
+  const int rows = PaddedRows(w.rows), kp4 = w.kpad / 4, block = I8Block(w.kernel);
+  const bool vnni = w.kernel == Kernel::kAvx512Vnni;
   for (int n = 0; n < count; ++n) {
     float* yc = y + static_cast<std::size_t>(n) * ldy;
+    const std::size_t x0 = static_cast<std::size_t>(n) * w.kpad;
     for (int r = 0; r < rows; ++r) {
       int32_t acc = 0;
-      if (w.kernel == Kernel::kAvx512Vnni) {
-        const int kp4 = w.kpad / 4;
-        const uint8_t* xc = &xq.x8[static_cast<std::size_t>(n) * w.kpad];
-        for (int kk = 0; kk < kp4; ++kk) {
-          const int8_t* wk =
-              &w.w8[((static_cast<std::size_t>(r / 16) * kp4 + kk) * 16 + r % 16) * 4];
-          for (int j = 0; j < 4; ++j) acc += int32_t{xc[4 * kk + j]} * wk[j];
-        }
-        acc -= w.comp[r];
-      } else {
-        const int kp2 = w.kpad / 2;
-        const int16_t* xc = &xq.x16[static_cast<std::size_t>(n) * w.kpad];
-        for (int kk = 0; kk < kp2; ++kk) {
-          const int16_t* wk =
-              &w.w16[((static_cast<std::size_t>(r / 8) * kp2 + kk) * 8 + r % 8) * 2];
-          acc += int32_t{wk[0]} * xc[2 * kk] + int32_t{wk[1]} * xc[2 * kk + 1];
+      for (int kk = 0; kk < kp4; ++kk) {
+        const int8_t* wk =
+            &w.w8[((static_cast<std::size_t>(r / block) * kp4 + kk) * block + r % block) * 4];
+        for (int j = 0; j < 4; ++j) {
+          const int32_t xv = vnni ? int32_t{xq.u8[x0 + 4 * kk + j]} : xq.s8[x0 + 4 * kk + j];
+          acc += xv * wk[j];
         }
       }
+      if (vnni) acc -= w.comp[r];
       yc[r] = std::fma(w.scale[r] * xq.scale[n], static_cast<float>(acc), yc[r]);
     }
   }
@@ -200,35 +196,42 @@ MEGASERVE_AVX2 void GemmF32Avx2(const PackedF32& w, const float* x, int ldx, int
   }
 }
 
+// acc += the int32 sums of 4 products of w's bytes with xb's (see the top of the file).
+MEGASERVE_AVX2 inline __m256i DotI8Avx2(__m256i acc, __m256i w, __m256i xb, __m256i abs_xb,
+                                        __m256i ones) {
+  const __m256i pairs = _mm256_maddubs_epi16(abs_xb, _mm256_sign_epi8(w, xb));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
 template <int RB, int NC>
-MEGASERVE_AVX2 inline void TileI8Avx2(const int16_t* wb, int kp2, const int16_t* x, int kpad,
+MEGASERVE_AVX2 inline void TileI8Avx2(const int8_t* wb, int kp4, const int8_t* x, int kpad,
                                       const float* ws, const float* xs, float* y, int ldy) {
   __m256i acc[RB][NC];
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r) {
-#pragma GCC unroll 3
+#pragma GCC unroll 2
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_si256();
   }
-  const std::size_t block = static_cast<std::size_t>(kp2) * 16;
-  for (int kk = 0; kk < kp2; ++kk) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const std::size_t block = static_cast<std::size_t>(kp4) * 32;
+  for (int kk = 0; kk < kp4; ++kk) {
     __m256i wv[RB];
 #pragma GCC unroll 4
     for (int r = 0; r < RB; ++r) {
-      wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + r * block + kk * 16));
+      wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + r * block + kk * 32));
     }
-#pragma GCC unroll 3
+#pragma GCC unroll 2
     for (int c = 0; c < NC; ++c) {
-      const __m256i xb = _mm256_set1_epi32(Load32(x + static_cast<std::size_t>(c) * kpad + 2 * kk));
+      const __m256i xb = _mm256_set1_epi32(Load32(x + static_cast<std::size_t>(c) * kpad + 4 * kk));
+      const __m256i abs_xb = _mm256_abs_epi8(xb);
 #pragma GCC unroll 4
-      for (int r = 0; r < RB; ++r) {
-        acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(wv[r], xb));
-      }
+      for (int r = 0; r < RB; ++r) acc[r][c] = DotI8Avx2(acc[r][c], wv[r], xb, abs_xb, ones);
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r) {
     const __m256 wsv = _mm256_loadu_ps(ws + r * 8);
-#pragma GCC unroll 3
+#pragma GCC unroll 2
     for (int c = 0; c < NC; ++c) {
       float* yp = y + static_cast<std::size_t>(c) * ldy + r * 8;
       const __m256 s = _mm256_mul_ps(wsv, _mm256_set1_ps(xs[c]));
@@ -238,17 +241,17 @@ MEGASERVE_AVX2 inline void TileI8Avx2(const int16_t* wb, int kp2, const int16_t*
 }
 
 template <int RB>
-MEGASERVE_AVX2 void RowTileI8Avx2(const int16_t* wb, int kp2, const QuantizedCols& xq, int kpad,
+MEGASERVE_AVX2 void RowTileI8Avx2(const int8_t* wb, int kp4, const QuantizedCols& xq, int kpad,
                                   const float* ws, int count, float* y, int ldy) {
   int n = 0;
-  const int16_t* x = xq.x16.data();
+  const int8_t* x = xq.s8.data();
   const float* xs = xq.scale.data();
   for (; n + 2 <= count; n += 2) {
-    TileI8Avx2<RB, 2>(wb, kp2, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
+    TileI8Avx2<RB, 2>(wb, kp4, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
                       y + static_cast<std::size_t>(n) * ldy, ldy);
   }
   if (n < count) {
-    TileI8Avx2<RB, 1>(wb, kp2, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
+    TileI8Avx2<RB, 1>(wb, kp4, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
                       y + static_cast<std::size_t>(n) * ldy, ldy);
   }
 }
@@ -256,43 +259,61 @@ MEGASERVE_AVX2 void RowTileI8Avx2(const int16_t* wb, int kp2, const QuantizedCol
 MEGASERVE_AVX2 void GemmI8Avx2(const PackedI8& w, const QuantizedCols& xq, int count, float* y,
                                int ldy) {
   const int blocks = PaddedRows(w.rows) / 8;
-  const int kp2 = w.kpad / 2;
-  const std::size_t block = static_cast<std::size_t>(kp2) * 16;
+  const int kp4 = w.kpad / 4;
+  const std::size_t block = static_cast<std::size_t>(kp4) * 32;
   int rb = 0;
   for (; rb + 4 <= blocks; rb += 4) {
-    RowTileI8Avx2<4>(&w.w16[rb * block], kp2, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
+    RowTileI8Avx2<4>(&w.w8[rb * block], kp4, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
   }
   for (; rb < blocks; ++rb) {
-    RowTileI8Avx2<1>(&w.w16[rb * block], kp2, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
+    RowTileI8Avx2<1>(&w.w8[rb * block], kp4, xq, w.kpad, &w.scale[rb * 8], count, y + rb * 8, ldy);
   }
 }
 
-// Quantizes columns whose length is a multiple of 16 to int16, as QuantizeColumn does.
+// Lanes [0, n) of a mask for _mm256_maskload_ps (n clamped to [0, 8]).
+MEGASERVE_AVX2 inline __m256i FirstLanes(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(std::clamp(n, 0, 8)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Quantizes columns to int8 as QuantizeColumn does (cvtps_epi32 rounds half to even, as
+// nearbyint does in the default rounding mode); lanes past `cols` are loaded masked, as zeros.
 MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int cols, int kpad,
                                      QuantizedCols* out) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const int full = cols / 8 * 8;
+  const __m256i tail = FirstLanes(cols - full);
   for (int n = 0; n < count; ++n) {
     const float* xc = x + static_cast<std::size_t>(n) * ldx;
-    int16_t* q = &out->x16[static_cast<std::size_t>(n) * kpad];
+    int8_t* q = &out->s8[static_cast<std::size_t>(n) * kpad];
     __m256 mv = _mm256_setzero_ps();
-    for (int k = 0; k < cols; k += 8)
+    for (int k = 0; k < full; k += 8)
       mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(xc + k), abs_mask));
+    if (full < cols) {
+      mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_maskload_ps(xc + full, tail), abs_mask));
+    }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
     const float m = _mm_cvtss_f32(m4);
     const float inv = m > 0 ? 127.0f / m : 0.0f;
     const __m256 invv = _mm256_set1_ps(inv);
-    for (int k = 0; k < cols; k += 16) {
-      __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + k), invv));
-      __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + k + 8), invv));
+    for (int k = 0; k < kpad; k += 8) {
+      const __m256 v = k + 8 <= cols ? _mm256_loadu_ps(xc + k)
+                                     : _mm256_maskload_ps(xc + k, FirstLanes(cols - k));
+      __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(v, invv));
       a = _mm256_min_epi32(_mm256_max_epi32(a, lo), hi);
-      b = _mm256_min_epi32(_mm256_max_epi32(b, lo), hi);
-      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), packed);
+      const __m128i words =
+          _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+      const __m128i bytes = _mm_packs_epi16(words, words);
+      if (k + 8 <= kpad) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), bytes);
+      } else {  // kpad is a multiple of 4
+        const int32_t four = _mm_cvtsi128_si32(bytes);
+        std::memcpy(q + k, &four, sizeof(four));
+      }
     }
-    for (int k = cols; k < kpad; ++k) q[k] = 0;
     out->scale[n] = m / 127.0f;
   }
 }
@@ -390,11 +411,11 @@ MEGASERVE_VNNI void GemmI8Vnni(const PackedI8& w, const QuantizedCols& xq, int c
     const float* ws = &w.scale[rb * 16];
     int n = 0;
     for (; n + 4 <= count; n += 4) {
-      TileI8Vnni<4>(wb, kp4, &xq.x8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
+      TileI8Vnni<4>(wb, kp4, &xq.u8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
                     &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
     }
     for (; n < count; ++n) {
-      TileI8Vnni<1>(wb, kp4, &xq.x8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
+      TileI8Vnni<1>(wb, kp4, &xq.u8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
                     &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
     }
   }
@@ -486,31 +507,19 @@ PackedI8 PackI8(Kernel kernel, const QuantizedMatrix& m) {
   p.kernel = kernel;
   p.rows = m.rows;
   p.cols = m.cols;
-  p.kpad = RoundUp(m.cols, KStep(kernel));
-  const int padded = PaddedRows(m.rows);
+  p.kpad = RoundUp(m.cols, kKStep);
+  const int padded = PaddedRows(m.rows), kp4 = p.kpad / 4, block = I8Block(kernel);
   p.scale.assign(padded, 0.0f);
   std::copy(m.scale.begin(), m.scale.end(), p.scale.begin());
-  auto q = [&](int r, int k) -> int8_t {
-    return r < m.rows && k < m.cols ? m.q[static_cast<std::size_t>(r) * m.cols + k] : 0;
-  };
-  if (kernel == Kernel::kAvx512Vnni) {
-    const int kp4 = p.kpad / 4;
-    p.w8.assign(static_cast<std::size_t>(padded) * p.kpad, 0);
-    p.comp.assign(padded, 0);
-    for (int r = 0; r < padded; ++r) {
-      for (int k = 0; k < p.kpad; ++k) {
-        p.w8[((static_cast<std::size_t>(r / 16) * kp4 + k / 4) * 16 + r % 16) * 4 + k % 4] =
-            q(r, k);
-        p.comp[r] += 128 * q(r, k);
-      }
-    }
-  } else {
-    const int kp2 = p.kpad / 2;
-    p.w16.assign(static_cast<std::size_t>(padded) * p.kpad, 0);
-    for (int r = 0; r < padded; ++r) {
-      for (int k = 0; k < p.kpad; ++k) {
-        p.w16[((static_cast<std::size_t>(r / 8) * kp2 + k / 2) * 8 + r % 8) * 2 + k % 2] = q(r, k);
-      }
+  p.w8.assign(static_cast<std::size_t>(padded) * p.kpad, 0);
+  const bool vnni = kernel == Kernel::kAvx512Vnni;
+  if (vnni) p.comp.assign(padded, 0);
+  for (int r = 0; r < m.rows; ++r) {
+    for (int k = 0; k < m.cols; ++k) {
+      const int8_t q = m.q[static_cast<std::size_t>(r) * m.cols + k];
+      p.w8[((static_cast<std::size_t>(r / block) * kp4 + k / 4) * block + r % block) * 4 + k % 4] =
+          q;
+      if (vnni) p.comp[r] += 128 * q;
     }
   }
   return p;
@@ -521,20 +530,18 @@ void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, i
   const std::size_t n = static_cast<std::size_t>(count) * kpad;
   out->scale.resize(count);
   if (kernel == Kernel::kAvx512Vnni) {
-    out->x8.resize(n);
+    out->u8.resize(n);
     for (int c = 0; c < count; ++c) {
       out->scale[c] = QuantizeColumn<uint8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad,
-                                              128, &out->x8[static_cast<std::size_t>(c) * kpad]);
+                                              128, &out->u8[static_cast<std::size_t>(c) * kpad]);
     }
     return;
   }
-  out->x16.resize(n);
-  if (kernel == Kernel::kAvx2 && cols % 16 == 0) {
-    return QuantizeColsAvx2(x, ldx, count, cols, kpad, out);
-  }
+  out->s8.resize(n);
+  if (kernel == Kernel::kAvx2) return QuantizeColsAvx2(x, ldx, count, cols, kpad, out);
   for (int c = 0; c < count; ++c) {
-    out->scale[c] = QuantizeColumn<int16_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad, 0,
-                                            &out->x16[static_cast<std::size_t>(c) * kpad]);
+    out->scale[c] = QuantizeColumn<int8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad, 0,
+                                           &out->s8[static_cast<std::size_t>(c) * kpad]);
   }
 }
 

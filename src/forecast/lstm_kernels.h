@@ -48,25 +48,26 @@ PackedF32 PackF32(const std::vector<float>& w, int rows, int cols);
 void GemmF32(Kernel kernel, const PackedF32& w, const float* x, int ldx, int count, float* y,
              int ldy);
 
-// INT8 weights with their per-row scales, packed for one kernel family (see lstm_kernels.cc).
+// INT8 weights with their per-row scales, packed for one kernel family (see lstm_kernels.cc):
+// row blocks of 8 (generic, avx2) or 16 (avx512-vnni) rows, each row's k in groups of 4 bytes.
+// The integers must lie in [-127, 127] (QuantizeRows and the INT8 file guarantee it).
 struct PackedI8 {
   Kernel kernel = Kernel::kGeneric;
   int rows = 0;
   int cols = 0;
-  int kpad = 0;               // cols rounded up to the kernel's k step
-  std::vector<int16_t> w16;   // generic, avx2
-  std::vector<int8_t> w8;     // avx512-vnni
+  int kpad = 0;               // cols rounded up to 4
+  std::vector<int8_t> w8;     // PaddedRows(rows) x kpad, padding 0
   std::vector<int32_t> comp;  // avx512-vnni: 128 * sum of each row's integers
   std::vector<float> scale;   // PaddedRows(rows), padding 0
 };
 PackedI8 PackI8(Kernel kernel, const QuantizedMatrix& m);
 
 // Columns quantized symmetrically, one scale per column (scale = max|x| / 127, q = round(x /
-// scale), round half to even); x16 for generic/avx2 (q), x8 for avx512-vnni (q + 128), both
+// scale), round half to even); s8 for generic/avx2 (q), u8 for avx512-vnni (q + 128), both
 // count x kpad with zero q in the padding.
 struct QuantizedCols {
-  std::vector<int16_t> x16;
-  std::vector<uint8_t> x8;
+  std::vector<int8_t> s8;
+  std::vector<uint8_t> u8;
   std::vector<float> scale;
 };
 void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, int kpad,

@@ -60,34 +60,42 @@ TEST(LstmKernelsTest, Fp32MatchesNaiveAndKernelsAreBitIdentical) {
 }
 
 TEST(LstmKernelsTest, QuantizeColsIsSymmetricPerColumn) {
-  const int cols = 64, count = 9, ldx = 70;
-  auto x = Random(static_cast<std::size_t>(count) * ldx, 4);
-  for (int k = 0; k < cols; ++k) x[ldx + k] = 0;  // an all-zero column
-  QuantizedCols reference;
-  QuantizeCols(Kernel::kGeneric, x.data(), ldx, count, cols, cols, &reference);
-  EXPECT_EQ(reference.scale[1], 0.0f);
-  for (int n = 0; n < count; ++n) {
-    float m = 0;
-    for (int k = 0; k < cols; ++k) m = std::max(m, std::fabs(x[n * ldx + k]));
-    EXPECT_FLOAT_EQ(reference.scale[n], m / 127);
-    for (int k = 0; k < cols; ++k) {
-      const int q = reference.x16[n * cols + k];
-      ASSERT_LE(std::abs(q), 127);
-      if (m > 0) {
-        ASSERT_NEAR(q * reference.scale[n], x[n * ldx + k], reference.scale[n] / 2 * 1.001);
+  // H = 64, the input features (7), and a length that leaves a partial 8-lane block and a
+  // 4-byte tail of padding.
+  for (const int cols : {64, 7, 13}) {
+    const int count = 9, ldx = cols + 6, kpad = (cols + 3) / 4 * 4;
+    auto x = Random(static_cast<std::size_t>(count) * ldx, 4);
+    for (int k = 0; k < cols; ++k) x[ldx + k] = 0;  // an all-zero column
+    QuantizedCols reference;
+    QuantizeCols(Kernel::kGeneric, x.data(), ldx, count, cols, kpad, &reference);
+    EXPECT_EQ(reference.scale[1], 0.0f);
+    for (int n = 0; n < count; ++n) {
+      float m = 0;
+      for (int k = 0; k < cols; ++k) m = std::max(m, std::fabs(x[n * ldx + k]));
+      EXPECT_FLOAT_EQ(reference.scale[n], m / 127);
+      for (int k = 0; k < cols; ++k) {
+        const int q = reference.s8[n * kpad + k];
+        ASSERT_LE(std::abs(q), 127);
+        if (m > 0) {
+          ASSERT_NEAR(q * reference.scale[n], x[n * ldx + k], reference.scale[n] / 2 * 1.001);
+        }
       }
+      for (int k = cols; k < kpad; ++k) ASSERT_EQ(reference.s8[n * kpad + k], 0) << cols;
+    }
+    for (Kernel k : Supported()) {
+      if (k == Kernel::kAvx512Vnni) continue;
+      QuantizedCols q;
+      q.s8.assign(static_cast<std::size_t>(count) * kpad, 99);  // padding must be rewritten
+      QuantizeCols(k, x.data(), ldx, count, cols, kpad, &q);
+      EXPECT_EQ(q.s8, reference.s8) << Name(k) << " cols " << cols;
+      EXPECT_EQ(q.scale, reference.scale) << Name(k) << " cols " << cols;
+    }
+    QuantizedCols vnni;
+    QuantizeCols(Kernel::kAvx512Vnni, x.data(), ldx, count, cols, kpad, &vnni);
+    for (std::size_t i = 0; i < vnni.u8.size(); ++i) {
+      ASSERT_EQ(vnni.u8[i], reference.s8[i] + 128) << cols;
     }
   }
-  for (Kernel k : Supported()) {
-    if (k == Kernel::kAvx512Vnni) continue;
-    QuantizedCols q;
-    QuantizeCols(k, x.data(), ldx, count, cols, cols, &q);
-    EXPECT_EQ(q.x16, reference.x16) << Name(k);
-    EXPECT_EQ(q.scale, reference.scale) << Name(k);
-  }
-  QuantizedCols vnni;
-  QuantizeCols(Kernel::kAvx512Vnni, x.data(), ldx, count, cols, cols, &vnni);
-  for (std::size_t i = 0; i < vnni.x8.size(); ++i) ASSERT_EQ(vnni.x8[i], reference.x16[i] + 128);
 }
 
 TEST(LstmKernelsTest, Int8ProductsAreExactAndIdenticalAcrossPackings) {
@@ -114,8 +122,8 @@ TEST(LstmKernelsTest, Int8ProductsAreExactAndIdenticalAcrossPackings) {
           for (int r = 0; r < d.rows; ++r) {
             int64_t acc = 0;
             for (int c = 0; c < d.cols; ++c) {
-              const int xi = k == Kernel::kAvx512Vnni ? xq.x8[n * packed.kpad + c] - 128
-                                                      : xq.x16[n * packed.kpad + c];
+              const int xi = k == Kernel::kAvx512Vnni ? xq.u8[n * packed.kpad + c] - 128
+                                                      : xq.s8[n * packed.kpad + c];
               acc += int64_t{q.q[r * d.cols + c]} * xi;
             }
             const float expected =
