@@ -55,16 +55,20 @@ struct PackedI8 {
   Kernel kernel = Kernel::kGeneric;
   int rows = 0;
   int cols = 0;
-  int kpad = 0;               // cols rounded up to 4
+  int kpad = 0;               // cols rounded up to 8
   std::vector<int8_t> w8;     // PaddedRows(rows) x kpad, padding 0
   std::vector<int32_t> comp;  // avx512-vnni: 128 * sum of each row's integers
   std::vector<float> scale;   // PaddedRows(rows), padding 0
 };
 PackedI8 PackI8(Kernel kernel, const QuantizedMatrix& m);
 
-// Columns quantized symmetrically, one scale per column (scale = max|x| / 127, q = round(x /
-// scale), round half to even); s8 for generic/avx2 (q), u8 for avx512-vnni (q + 128), both
-// count x kpad with zero q in the padding.
+// Activations are quantized to [-kActivationMax, kActivationMax], 7 bits: the AVX2 kernel then
+// adds two vpmaddubsw pair sums in int16 without overflow (see lstm_kernels.cc).
+inline constexpr int kActivationMax = 63;
+
+// Columns quantized symmetrically, one scale per column (scale = max|x| / kActivationMax, q =
+// round(x / scale), round half to even); s8 for generic/avx2 (q), u8 for avx512-vnni (q + 128),
+// both count x kpad with zero q in the padding.
 struct QuantizedCols {
   std::vector<int8_t> s8;
   std::vector<uint8_t> u8;

@@ -60,10 +60,9 @@ TEST(LstmKernelsTest, Fp32MatchesNaiveAndKernelsAreBitIdentical) {
 }
 
 TEST(LstmKernelsTest, QuantizeColsIsSymmetricPerColumn) {
-  // H = 64, the input features (7), and a length that leaves a partial 8-lane block and a
-  // 4-byte tail of padding.
+  // H = 64, the input features (7), and a length that leaves a partial 8-lane block.
   for (const int cols : {64, 7, 13}) {
-    const int count = 9, ldx = cols + 6, kpad = (cols + 3) / 4 * 4;
+    const int count = 9, ldx = cols + 6, kpad = (cols + 7) / 8 * 8;
     auto x = Random(static_cast<std::size_t>(count) * ldx, 4);
     for (int k = 0; k < cols; ++k) x[ldx + k] = 0;  // an all-zero column
     QuantizedCols reference;
@@ -72,10 +71,10 @@ TEST(LstmKernelsTest, QuantizeColsIsSymmetricPerColumn) {
     for (int n = 0; n < count; ++n) {
       float m = 0;
       for (int k = 0; k < cols; ++k) m = std::max(m, std::fabs(x[n * ldx + k]));
-      EXPECT_FLOAT_EQ(reference.scale[n], m / 127);
+      EXPECT_FLOAT_EQ(reference.scale[n], m / kActivationMax);
       for (int k = 0; k < cols; ++k) {
         const int q = reference.s8[n * kpad + k];
-        ASSERT_LE(std::abs(q), 127);
+        ASSERT_LE(std::abs(q), kActivationMax);
         if (m > 0) {
           ASSERT_NEAR(q * reference.scale[n], x[n * ldx + k], reference.scale[n] / 2 * 1.001);
         }
@@ -137,6 +136,41 @@ TEST(LstmKernelsTest, Int8ProductsAreExactAndIdenticalAcrossPackings) {
         auto fast = y0;
         GemmI8(packed, xq, d.count, fast.data(), ldy);
         ASSERT_EQ(fast, reference) << Name(k) << " " << d.rows << "x" << d.cols << " n=" << d.count;
+      }
+    }
+  }
+}
+
+// Every weight at +-127 and every activation at +-kActivationMax: the AVX2 kernel's int16 sums of
+// two pair sums reach their bound (4 * 63 * 127) and must still be exact.
+TEST(LstmKernelsTest, Int8ProductsAtTheExtremesAreExact) {
+  const int rows = 32, cols = 64, count = 4;
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.scale.assign(rows, 1.0f);
+  for (int r = 0; r < rows; ++r) {
+    for (int k = 0; k < cols; ++k) q.q.push_back(static_cast<int8_t>(r % 2 ? 127 : -127));
+  }
+  std::vector<float> x(static_cast<std::size_t>(count) * cols);
+  for (int n = 0; n < count; ++n) {
+    // Whole columns of one sign, so every product of a row has the same sign.
+    for (int k = 0; k < cols; ++k) x[n * cols + k] = n % 2 ? -1.0f : 1.0f;
+  }
+  for (Kernel k : Supported()) {
+    const PackedI8 packed = PackI8(k, q);
+    QuantizedCols xq;
+    QuantizeCols(k, x.data(), cols, count, cols, packed.kpad, &xq);
+    std::vector<float> y(static_cast<std::size_t>(count) * rows, 0.0f);
+    GemmI8(packed, xq, count, y.data(), rows);
+    for (int n = 0; n < count; ++n) {
+      for (int r = 0; r < rows; ++r) {
+        int64_t acc = 0;
+        for (int c = 0; c < cols; ++c) {
+          acc += int64_t{q.q[r * cols + c]} * (x[n * cols + c] > 0 ? 1 : -1) * kActivationMax;
+        }
+        ASSERT_EQ(y[n * rows + r], xq.scale[n] * static_cast<float>(acc))
+            << Name(k) << " r " << r << " n " << n;
       }
     }
   }
