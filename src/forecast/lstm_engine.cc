@@ -274,8 +274,9 @@ class Engine final : public LstmEngine {
     for (int b = 0; b < batch; ++b) {
       std::memcpy(&s.head[static_cast<std::size_t>(b) * op], head_b_.data(), sizeof(float) * op);
     }
-    kernels::GemmF32(fp32_kernel_, head_, &s.hs.back()[static_cast<std::size_t>(last_cols) * h], h,
-                     batch, s.head.data(), op);
+    kernels::GemmF32(fp32_kernel_, head_,
+                     &s.hs[layers - 1][static_cast<std::size_t>(last_cols) * h], h, batch,
+                     s.head.data(), op);
     const int o = shape_.outputs();
     for (int b = 0; b < batch; ++b) {
       std::memcpy(&outputs[static_cast<std::size_t>(b) * o],

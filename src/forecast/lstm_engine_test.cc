@@ -183,6 +183,22 @@ TEST(LstmEngineTest, BatchEqualsSingleRuns) {
   }
 }
 
+// Scratch space is per thread and shared by every engine: a deeper model's buffers stay behind
+// and must not be read by a shallower one (the head once read the last buffer, not the last
+// layer's).
+TEST(LstmEngineTest, EnginesOfDifferentDepthsShareAThread) {
+  LstmShape deep, shallow;
+  deep.num_layers = 3;
+  deep.window = shallow.window = 12;
+  auto three = Make(TrainedLookingWeights(deep, 30), Precision::kFp32, "");
+  auto two = Make(TrainedLookingWeights(shallow, 31), Precision::kFp32, "");
+  const auto inputs = RandomInputs(2, shallow, 32);
+  std::vector<float> fresh;  // on a thread that never ran the deeper engine
+  std::thread([&] { fresh = RunEngine(*two, inputs, 2); }).join();
+  RunEngine(*three, RandomInputs(2, deep, 33), 2);
+  EXPECT_EQ(RunEngine(*two, inputs, 2), fresh);
+}
+
 TEST(LstmEngineTest, ConcurrentRunsGiveTheSameResults) {
   const LstmShape shape;
   const auto w = TrainedLookingWeights(shape, 8);
