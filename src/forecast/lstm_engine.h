@@ -37,7 +37,9 @@ struct EngineOptions {
   // Cores one Run may use. 1: Run works on the calling thread only. N > 1: a batch of at least
   // 2 * kMinSequencesPerPart sequences is cut into up to N contiguous parts of at least that
   // many sequences; the caller runs the first and N - 1 worker threads, started by Create and
-  // joined when the engine is destroyed, run the others. 0: std::thread::hardware_concurrency().
+  // joined when the engine is destroyed, run the others. A smaller batch of a model with two or
+  // more layers runs as a two-stage pipeline over the layers, on the caller and one worker.
+  // Workers spin for 200 us after a job before they sleep. 0: std::thread::hardware_concurrency().
   // Negative is refused (kInvalidArgument). Results are bit-identical for every value.
   int threads = 1;
   // The fewest sequences a part of a split batch holds: below this a part's products are too

@@ -254,6 +254,69 @@ TEST(LstmEngineTest, ThreadsGiveIdenticalBits) {
   }
 }
 
+// Batches too small to cut run as a two-stage pipeline over the layers on two or more threads
+// (lstm_engine.cc): one layer (no pipeline), two, three (the second stage runs the third too);
+// hidden sizes whose projection halves are both used, or (H = 4: 16 gate rows) only the second;
+// windows of one partial chunk, whole chunks and a partial last chunk.
+TEST(LstmEngineTest, PipelinedSmallBatchesGiveIdenticalBits) {
+  for (int layers : {1, 2, 3}) {
+    for (int hidden : {4, 8, 64}) {
+      for (int window : {3, 8, 9}) {
+        LstmShape shape;
+        shape.num_layers = layers;
+        shape.hidden_size = hidden;
+        shape.window = window;
+        const auto w = TrainedLookingWeights(shape, 40 + layers * 7 + hidden + window);
+        for (Precision p : {Precision::kFp32, Precision::kInt8}) {
+          auto one = MakeThreaded(w, p, 1);
+          auto two = MakeThreaded(w, p, 2);
+          ASSERT_NE(one, nullptr);
+          ASSERT_NE(two, nullptr);
+          for (int batch : {1, 2, 15}) {
+            const auto inputs = RandomInputs(batch, shape, 300 + batch);
+            const auto expected = RunEngine(*one, inputs, batch);
+            for (int rep = 0; rep < 2; ++rep) {
+              ASSERT_EQ(RunEngine(*two, inputs, batch), expected)
+                  << PrecisionName(p) << " layers " << layers << " hidden " << hidden << " window "
+                  << window << " batch " << batch << " rep " << rep;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Callers of one two-thread engine at batch 1 and 4 (pipelined) and 16 (split) at once: whoever
+// finds the workers taken runs alone, and every answer is the one-thread engine's.
+TEST(LstmEngineTest, ConcurrentPipelinedRunsGiveTheSameResults) {
+  LstmShape shape;
+  shape.window = 24;
+  const auto w = TrainedLookingWeights(shape, 16);
+  auto one = MakeThreaded(w, Precision::kInt8, 1);
+  auto two = MakeThreaded(w, Precision::kInt8, 2);
+  ASSERT_NE(one, nullptr);
+  ASSERT_NE(two, nullptr);
+  const int batches[] = {1, 4, 16, 1};
+  std::vector<std::vector<float>> inputs, expected;
+  for (int batch : batches) {
+    inputs.push_back(RandomInputs(batch, shape, 400 + static_cast<uint32_t>(inputs.size())));
+    expected.push_back(RunEngine(*one, inputs.back(), batch));
+  }
+  std::vector<int> mismatches(std::size(batches), 0);
+  std::vector<std::thread> callers;
+  for (std::size_t c = 0; c < std::size(batches); ++c) {
+    callers.emplace_back([&, c] {
+      for (int i = 0; i < 40; ++i)
+        mismatches[c] += RunEngine(*two, inputs[c], batches[c]) != expected[c];
+    });
+  }
+  for (auto& t : callers) t.join();
+  for (std::size_t c = 0; c < std::size(batches); ++c) {
+    EXPECT_EQ(mismatches[c], 0) << "caller " << c;
+  }
+}
+
 TEST(LstmEngineTest, ConcurrentSplitRunsGiveTheSameResults) {
   LstmShape shape;
   shape.window = 24;
