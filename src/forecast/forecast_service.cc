@@ -1,7 +1,6 @@
 #include "forecast/forecast_service.h"
 
 #include <fmt/format.h>
-#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -342,9 +341,8 @@ void ForecastService::Run(PreparedForecast prepared, const batching::SubmitOptio
                      step.prices.push_back(prices[(h - 1) * shape.num_quantiles + i]);
                    }
                  }
-                 rapidjson::Document skill;
-                 skill.Parse(info.backtest_json.c_str(), info.backtest_json.size());
-                 if (!skill.HasParseError() && skill.IsObject() && skill.MemberCount() > 0) {
+                 // ReadModel keeps only a JSON object here, in compact text: "{}" is empty.
+                 if (!info.backtest_json.empty() && info.backtest_json != "{}") {
                    f.skill_json = info.backtest_json;
                  }
                  p->handle.reset();  // gives the model back before the caller's work

@@ -288,6 +288,12 @@ TEST_F(ForecastServiceTest, JsonCarriesSkillOrANote) {
   EXPECT_TRUE(d["steps"][0]["prices"].HasMember("p90"));
   EXPECT_EQ(d["data"]["last_bar_open_time_ms"].GetInt64(), bars_.back().open_time_ms);
 
+  ForecastModel empty_backtest = model_;  // an empty summary counts as none
+  empty_backtest.info.backtest_json = "{}";
+  testing::WriteModelDir(models_dir_, "btcusdt-4h", empty_backtest, false, true);
+  ASSERT_TRUE(repository_->Load("btcusdt-4h").ok());
+  EXPECT_EQ(Ok({.symbol = "BTCUSDT", .interval = "4h"}).skill_json, "");
+
   ForecastModel tested = model_;
   tested.info.backtest_json = R"({"origins":12,"horizons":[{"h":1,"skill_vs_persistence":-0.02}]})";
   testing::WriteModelDir(models_dir_, "btcusdt-4h", tested, false, true);
