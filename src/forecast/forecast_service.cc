@@ -364,7 +364,9 @@ core::Result<Forecast> ForecastService::ForecastNow(const ForecastRequest& reque
 std::string QuantileKey(double q) { return fmt::format("p{:g}", std::round(q * 1e6) / 1e4); }
 
 std::string ForecastJson(const Forecast& f) {
-  rapidjson::StringBuffer sb;
+  // Sized for the whole text (about 600 bytes plus 250 a step plus the skill summary), so the
+  // buffer is not regrown and copied on the way.
+  rapidjson::StringBuffer sb(nullptr, 1024 + 256 * f.steps.size() + f.skill_json.size());
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);
   auto str = [&w](const char* key, std::string_view value) {
     w.Key(key);
