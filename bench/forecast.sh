@@ -7,9 +7,11 @@
 #   batching  uncached POST /v1/forecasts with CONNECTIONS concurrent clients, the model's
 #             batcher on (max_batch_size 32) against off (max_batch_size 1)
 #   cached    POST /v1/forecasts answered by the response cache against GET /v1/status
-# Throughput pairs run back to back ROUNDS times; each ratio is the median of the rounds' ratios.
+# Throughput pairs run back to back ROUNDS times, the engine against PyTorch ENGINE_ROUNDS times;
+# each ratio is the median of the rounds' ratios.
 #   bench/forecast.sh [BUILD_DIR]      (default build/release)
-# Environment: ROUNDS (5), DURATION (3s), CONNECTIONS (64), DATA (the 4h candles file),
+# Environment: ROUNDS (5), ENGINE_ROUNDS (5), DURATION (3s), CONNECTIONS (64), DATA (the 4h
+#   candles file),
 #   MODEL (an already trained model folder: skips training), EPOCHS (the trainer's default).
 # PyTorch runs with its own OpenBLAS settings: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset
 # for it alone.
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 build=${1:-build/release}
 bin=$build/megaserve
 rounds=${ROUNDS:-5}
+engine_rounds=${ENGINE_ROUNDS:-5}
 duration=${DURATION:-3s}
 conns=${CONNECTIONS:-64}
 data=${DATA:-../shared/data/btcusdt_spot_4h.csv}
@@ -49,26 +52,43 @@ report() {  # label value target
 }
 
 echo "== engine: native LSTM vs PyTorch nn.LSTM (same weights; $(nproc) cores) =="
-"$build/forecast_bench" --write-weights "$tmp/bench.safetensors" --threads 1,2 | tee "$tmp/engine.txt"
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/forecast_torch.py \
-  --weights "$tmp/bench.safetensors" --threads 1,2 | tee "$tmp/torch.txt"
+# ENGINE_ROUNDS rounds, each timing the engine and then PyTorch (every batch size and thread
+# count); a round's ratio compares the two measured back to back, and the reported ratio is the
+# median of the rounds', as for the throughput pairs below: a burst of load from elsewhere then
+# skews one round, not the result.
+"$build/forecast_bench" --write-weights "$tmp/bench.safetensors" --batches 1 --reps 1 \
+  --min-ms 0 >/dev/null
 us() {  # file who precision batch threads -> median us (one-thread lines may omit "threads 1")
   awk -v k="$2 $3 batch $4 threads $5 us" -v k1="$2 $3 batch $4 us" -v n="$5" \
     'index($0, k) == 1 || (n == 1 && index($0, k1) == 1) {print $NF}' "$1" | head -n 1
 }
 fastest() { printf '%s\n' "$@" | sort -g | head -n 1; }
-for b in 1 32; do
-  e1=$(us "$tmp/engine.txt" engine int8 "$b" 1); e2=$(us "$tmp/engine.txt" engine int8 "$b" 2)
-  f1=$(us "$tmp/engine.txt" engine fp32 "$b" 1)
-  t1=$(us "$tmp/torch.txt" torch fp32 "$b" 1); t2=$(us "$tmp/torch.txt" torch fp32 "$b" 2)
-  [[ -n $e1 && -n $e2 && -n $f1 && -n $t1 && -n $t2 ]] ||
-    { echo "engine or torch timings missing for batch $b" >&2; exit 1; }
-  e=$(fastest "$e1" "$e2"); t=$(fastest "$t1" "$t2")
-  echo "batch $b: engine int8 $e1 us (1 thread) / $e2 us (2), fp32 $f1 us (1); PyTorch fp32 $t1 us (1) / $t2 us (2)"
-  echo "  one thread each: int8 $(ratio "$t1" "$e1")x, fp32 $(ratio "$t1" "$f1")x"
-  report "INT8 engine speed-up over PyTorch FP32, batch $b (each at its best)" "$(ratio "$t" "$e")" \
-    "$([[ $b == 1 ]] && echo 50 || echo 5)"
+declare -a engine_b1 engine_b32
+for r in $(seq "$engine_rounds"); do
+  "$build/forecast_bench" --model "$tmp/bench.safetensors" --threads 1,2 > "$tmp/engine.txt"
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 bench/forecast_torch.py \
+    --weights "$tmp/bench.safetensors" --threads 1,2 > "$tmp/torch.txt"
+  if [[ $r == 1 ]]; then
+    grep -h -E '^(engine kernel|torch version)' "$tmp/engine.txt" "$tmp/torch.txt"
+  fi
+  for b in 1 32; do
+    e1=$(us "$tmp/engine.txt" engine int8 "$b" 1); e2=$(us "$tmp/engine.txt" engine int8 "$b" 2)
+    f1=$(us "$tmp/engine.txt" engine fp32 "$b" 1)
+    t1=$(us "$tmp/torch.txt" torch fp32 "$b" 1); t2=$(us "$tmp/torch.txt" torch fp32 "$b" 2)
+    [[ -n $e1 && -n $e2 && -n $f1 && -n $t1 && -n $t2 ]] ||
+      { echo "timings missing for batch $b" >&2; cat "$tmp/engine.txt" "$tmp/torch.txt" >&2; exit 1; }
+    e=$(fastest "$e1" "$e2"); t=$(fastest "$t1" "$t2")
+    echo "round $r batch $b: engine int8 $e1 us (1 thread) / $e2 us (2), fp32 $f1 us (1);" \
+      "PyTorch fp32 $t1 us (1) / $t2 us (2); best/best $(ratio "$t" "$e")x," \
+      "one thread each: int8 $(ratio "$t1" "$e1")x, fp32 $(ratio "$t1" "$f1")x"
+    if [[ $b == 1 ]]; then engine_b1+=("$(ratio "$t" "$e")"); else engine_b32+=("$(ratio "$t" "$e")"); fi
+  done
 done
+echo "rounds: batch 1 ${engine_b1[*]}; batch 32 ${engine_b32[*]}"
+report "INT8 engine speed-up over PyTorch FP32, batch 1 (each at its best)" \
+  "$(median "${engine_b1[@]}")" 50
+report "INT8 engine speed-up over PyTorch FP32, batch 32 (each at its best)" \
+  "$(median "${engine_b32[@]}")" 5
 
 echo
 echo "== model: train, backtest =="
