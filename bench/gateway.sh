@@ -135,9 +135,15 @@ gport=$(free_port)
 start gateway "$gport" "$tmp/gateway.toml" gateway
 
 # --- runs ----------------------------------------------------------------------------------------
-run_wrk() {  # url [header] -> requests/s
-  local url=$1; shift
-  wrk -t1 -c"$conns" -d"$duration" "$@" "$url" | awk '/^Requests\/sec:/ {print $2}'
+run_wrk() {  # url [header] -> requests/s; a run with any non-2xx answer stops the script
+  local url=$1 out; shift
+  out=$(wrk -t1 -c"$conns" -d"$duration" "$@" "$url")
+  if grep -q 'Non-2xx' <<<"$out"; then
+    echo "$url answered errors under load, so its throughput is not comparable:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
 }
 check() {  # name url [header]: the body must be a 200 with the expected bytes
   local name=$1 url=$2; shift 2

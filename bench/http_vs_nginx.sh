@@ -81,9 +81,14 @@ to_ms() {  # wrk latency "850.00us" / "1.20ms" / "1.01s" -> milliseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0;
                          else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-run_wrk() {  # url -> "rps p99_ms"
+run_wrk() {  # url -> "rps p99_ms"; nothing (the caller's read then fails) on non-2xx answers
   local out
   out=$(wrk -t1 -c"$conns" -d"$duration" --latency "$1")
+  if grep -q 'Non-2xx' <<<"$out"; then
+    echo "$1 answered errors under load, so its throughput is not comparable:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
