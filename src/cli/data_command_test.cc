@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "cli/test_util.h"
 #include "store/test_util.h"
 
 namespace megaserve::cli {
@@ -26,11 +27,7 @@ std::string Fixture(const std::string& name) {
   return (SourceDir() / "tests" / "forecast" / "fixtures" / name).string();
 }
 
-struct Outcome {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
+using testing::Outcome;
 
 class DataCommandTest : public ::testing::Test {
  protected:
@@ -39,27 +36,9 @@ class DataCommandTest : public ::testing::Test {
     CLI::App app;
     DataFlags flags;
     AddDataCommand(app, flags);
-    Outcome o;
-    try {
-      app.parse("data " + args + " --data-dir " + dir_.path().string(), false);
-    } catch (const CLI::ParseError& e) {
-      o.code = 2;
-      o.err = e.what();
-      return o;
-    }
-    char* out_buf = nullptr;
-    char* err_buf = nullptr;
-    size_t out_len = 0, err_len = 0;
-    std::FILE* out = open_memstream(&out_buf, &out_len);
-    std::FILE* err = open_memstream(&err_buf, &err_len);
-    o.code = RunData(flags, out, err);
-    std::fclose(out);
-    std::fclose(err);
-    o.out.assign(out_buf, out_len);
-    o.err.assign(err_buf, err_len);
-    std::free(out_buf);
-    std::free(err_buf);
-    return o;
+    return testing::ParseAndRun(
+        app, "data " + args + " --data-dir " + dir_.path().string(),
+        [&](std::FILE* out, std::FILE* err) { return RunData(flags, out, err); });
   }
 
   store::testing::TempDir dir_;

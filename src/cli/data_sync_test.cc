@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "cli/test_util.h"
 #include "forecast/exchange_test_util.h"
 #include "store/test_util.h"
 
@@ -20,11 +21,7 @@ using ::testing::Not;
 constexpr int64_t kFourHours = 4 * 3'600'000;
 constexpr int64_t kJan1 = 1'704'067'200'000;  // 2024-01-01T00:00:00Z
 
-struct Outcome {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
+using testing::Outcome;
 
 class DataSyncTest : public ::testing::Test {
  protected:
@@ -37,30 +34,13 @@ class DataSyncTest : public ::testing::Test {
     DataSyncFlags flags;
     CLI::App* data = AddDataCommand(app, data_flags);
     AddDataSyncCommand(data, data_flags, flags);
-    Outcome o;
-    try {
-      app.parse(
-          "data sync " + args + " --data-dir " + dir_.path().string() + " --set log.access=false",
-          false);
-    } catch (const CLI::ParseError& e) {
-      o.code = 2;
-      o.err = e.what();
-      return o;
-    }
-    EXPECT_TRUE(flags.cmd->parsed());
-    char* out_buf = nullptr;
-    char* err_buf = nullptr;
-    size_t out_len = 0, err_len = 0;
-    std::FILE* out = open_memstream(&out_buf, &out_len);
-    std::FILE* err = open_memstream(&err_buf, &err_len);
-    o.code = RunDataSync(data_flags, flags, out, err);
-    std::fclose(out);
-    std::fclose(err);
-    o.out.assign(out_buf, out_len);
-    o.err.assign(err_buf, err_len);
-    std::free(out_buf);
-    std::free(err_buf);
-    return o;
+    return testing::ParseAndRun(
+        app,
+        "data sync " + args + " --data-dir " + dir_.path().string() + " --set log.access=false",
+        [&](std::FILE* out, std::FILE* err) {
+          EXPECT_TRUE(flags.cmd->parsed());
+          return RunDataSync(data_flags, flags, out, err);
+        });
   }
 
   store::testing::TempDir dir_;
