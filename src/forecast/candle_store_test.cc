@@ -39,12 +39,7 @@ std::vector<Candle> Bars(int64_t from, int64_t to, bool last_partial) {
 class CandleStoreTest : public ::testing::TestWithParam<Engine> {
  protected:
   void SetUp() override {
-    if (GetParam() == Engine::kSqlite) {
-      db_.Open(Engine::kSqlite);
-    } else {
-      MEGASERVE_REQUIRE_POSTGRES(url);
-      db_.Open(Engine::kPostgres, url);
-    }
+    MEGASERVE_OPEN_TEST_DATABASE(db_, GetParam());
     ASSERT_FALSE(HasFatalFailure());
     store_ = std::make_unique<CandleStore>(db_.db());
   }

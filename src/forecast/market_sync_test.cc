@@ -82,12 +82,7 @@ class SyncSeriesTest : public ::testing::TestWithParam<Engine> {
  protected:
   void SetUp() override {
     ASSERT_TRUE(exchange_.started());
-    if (GetParam() == Engine::kSqlite) {
-      db_.Open(Engine::kSqlite);
-    } else {
-      MEGASERVE_REQUIRE_POSTGRES(url);
-      db_.Open(Engine::kPostgres, url);
-    }
+    MEGASERVE_OPEN_TEST_DATABASE(db_, GetParam());
     ASSERT_FALSE(HasFatalFailure());
     store_ = std::make_unique<CandleStore>(db_.db());
   }

@@ -144,12 +144,7 @@ class CountingDatabase final : public store::Database {
 class ApiKeyStoreTest : public ::testing::TestWithParam<store::Engine> {
  protected:
   void SetUp() override {
-    if (GetParam() == store::Engine::kPostgres) {
-      MEGASERVE_REQUIRE_POSTGRES(url);
-      test_db_.Open(GetParam(), url);
-    } else {
-      test_db_.Open(GetParam());
-    }
+    MEGASERVE_OPEN_TEST_DATABASE(test_db_, GetParam());
     if (HasFatalFailure()) return;
     counting_ = std::make_unique<CountingDatabase>(test_db_.db());
     keys_ = std::make_unique<ApiKeyStore>(*counting_, ApiKeyStoreOptions{.flush_interval = 1h});

@@ -139,4 +139,16 @@ class TestDatabase {
   std::unique_ptr<Database> db_;
 };
 
+// Opens `test_db` (a TestDatabase) for `engine`; for kPostgres without TEST_POSTGRES_URL the test
+// fails or is skipped as MEGASERVE_REQUIRE_POSTGRES says. Check HasFatalFailure() after it.
+#define MEGASERVE_OPEN_TEST_DATABASE(test_db, engine)                          \
+  do {                                                                         \
+    if ((engine) == ::megaserve::store::Engine::kPostgres) {                   \
+      MEGASERVE_REQUIRE_POSTGRES(megaserve_pg_url);                            \
+      (test_db).Open(::megaserve::store::Engine::kPostgres, megaserve_pg_url); \
+    } else {                                                                   \
+      (test_db).Open(engine);                                                  \
+    }                                                                          \
+  } while (false)
+
 }  // namespace megaserve::store::testing
