@@ -40,8 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 source scripts/lib/throwaway.sh
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+source bench/lib.sh
 verdict() { awk -v x="$1" -v t="$2" 'BEGIN {print (x >= t) ? "ok" : "MISSED"}'; }
 summary=()
 report() {  # label value target
@@ -166,14 +165,9 @@ for port in "$onport" "$offport" "$cport"; do
   [[ $code == 200 ]] || { echo "POST /v1/forecasts on $port: HTTP $code: $(cat "$tmp/check.out")" >&2; exit 1; }
 done
 echo "one forecast:"; cat "$tmp/check.out"; echo
-run_wrk() {  # url [wrk args] -> requests/s; a run with any non-2xx answer stops the script
+run_wrk() {  # url [wrk args] -> requests/s; any non-2xx answer stops the script
   local url=$1 out; shift
-  out=$(wrk -t1 -c"$conns" -d"$duration" "$@" "$url")
-  if grep -q 'Non-2xx' <<<"$out"; then
-    echo "$url answered errors under load, so its throughput is not comparable:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
+  out=$(wrk_checked -t1 -c"$conns" -d"$duration" "$@" "$url") || exit 1
   awk '/^Requests\/sec:/ {print $2}' <<<"$out"
 }
 for url in "http://127.0.0.1:$onport/v1/forecasts" "http://127.0.0.1:$offport/v1/forecasts" \

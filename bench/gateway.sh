@@ -38,6 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 source scripts/lib/throwaway.sh
+source bench/lib.sh
 
 # --- Redis --------------------------------------------------------------------------------------
 rport=$(free_port)
@@ -135,14 +136,9 @@ gport=$(free_port)
 start gateway "$gport" "$tmp/gateway.toml" gateway
 
 # --- runs ----------------------------------------------------------------------------------------
-run_wrk() {  # url [header] -> requests/s; a run with any non-2xx answer stops the script
+run_wrk() {  # url [header] -> requests/s; any non-2xx answer stops the script
   local url=$1 out; shift
-  out=$(wrk -t1 -c"$conns" -d"$duration" "$@" "$url")
-  if grep -q 'Non-2xx' <<<"$out"; then
-    echo "$url answered errors under load, so its throughput is not comparable:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
+  out=$(wrk_checked -t1 -c"$conns" -d"$duration" "$@" "$url") || exit 1
   awk '/^Requests\/sec:/ {print $2}' <<<"$out"
 }
 check() {  # name url [header]: the body must be a 200 with the expected bytes
@@ -151,8 +147,6 @@ check() {  # name url [header]: the body must be a 200 with the expected bytes
   code=$(curl -s -o "$tmp/check.out" -w '%{http_code}' "$@" "$url")
   [[ $code == 200 ]] || { echo "$name: HTTP $code from $url: $(cat "$tmp/check.out")" >&2; exit 1; }
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 # In this order, each ratio's two targets run back to back in every round.
 names=(plain auth+L1 static L2 nginx-px proxy)

@@ -30,6 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 source scripts/lib/throwaway.sh
+source bench/lib.sh
 
 # --- megaserve: start-to-ready and idle memory -----------------------------------------------
 mport=$(free_port)
@@ -83,18 +84,12 @@ to_ms() {  # wrk latency "850.00us" / "1.20ms" / "1.01s" -> milliseconds
 }
 run_wrk() {  # url -> "rps p99_ms"; nothing (the caller's read then fails) on non-2xx answers
   local out
-  out=$(wrk -t1 -c"$conns" -d"$duration" --latency "$1")
-  if grep -q 'Non-2xx' <<<"$out"; then
-    echo "$1 answered errors under load, so its throughput is not comparable:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
+  out=$(wrk_checked -t1 -c"$conns" -d"$duration" --latency "$1") || exit 1
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
   echo "$rps $(to_ms "$p99")"
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "body: $body_bytes bytes; megaserve access log ${ACCESS_LOG:-off}; wrk -t1 -c$conns -d$duration; $rounds rounds; $(nproc) cores"
 printf '%-6s %-10s %12s %10s\n' round server "requests/s" "p99 ms"

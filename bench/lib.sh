@@ -1,0 +1,21 @@
+# Helpers shared by the benchmark scripts; source this file, don't run it.
+#   median N...          the median of the numbers
+#   ratio A B            A / B with two decimals
+#   wrk_checked ARGS...  runs wrk ARGS and prints its report; when any answer was not 2xx, prints
+#                        the report to stderr instead and returns 1, since the throughput of
+#                        error answers is not comparable
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+wrk_checked() {
+  local out
+  out=$(wrk "$@") || return 1
+  if grep -q 'Non-2xx' <<<"$out"; then
+    echo "wrk $*: answers other than 2xx under load, so the throughput is not comparable:" >&2
+    echo "$out" >&2
+    return 1
+  fi
+  echo "$out"
+}
