@@ -322,8 +322,8 @@ class DynamicBatcher {
     // A sleeping worker needs waking only when this request can change what it waits for: a
     // bucket's first request sets a new queue-delay deadline, and reaching the largest or a
     // preferred batch size makes the bucket ready now. Any other request joins a bucket whose
-    // deadline a worker already sleeps until; waking it would find nothing to do (with 64
-    // clients, about 30 futex wake-ups and context switches per batch).
+    // deadline a worker already sleeps until; waking it would find nothing to do and cost a
+    // futex call and a context switch for every such request.
     const std::size_t n = bucket.count;
     const auto& preferred = options_.preferred_batch_sizes;
     const bool wake = n == 1 || n >= options_.max_batch_size ||

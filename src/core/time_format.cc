@@ -22,9 +22,9 @@ char* Digits(char* p, unsigned v, int width) {
 }  // namespace
 
 // The date comes from std::chrono's civil calendar (days since 1970 to year/month/day, plain
-// arithmetic) and the digits are written directly: gmtime_r and strftime took about a tenth of
-// the thread that answers forecasts, which prints a dozen timestamps per answer. Years outside
-// 0..9999, which need more than four digits, go through strftime as before.
+// arithmetic) and the digits are written directly, without gmtime_r's and strftime's general
+// machinery: a forecast answer prints about a dozen timestamps. Years outside 0..9999, which
+// need more than four digits, go through strftime as before.
 std::string Rfc3339(int64_t unix_micros, bool with_micros) {
   int64_t seconds = unix_micros / 1'000'000;
   int64_t fraction = unix_micros % 1'000'000;

@@ -37,12 +37,12 @@
 // two counters (release stores, acquire loads), each on its own cache line, and share no line
 // that both write: the second stage copies the first stage's projection rows into its own
 // buffer rather than adding to them in place, which would make the recurrence wait for each line
-// to leave the other core (measured: layer 1's recurrence took about 30 % longer in place).
+// to leave the other core.
 // Splitting rows changes no arithmetic (each row's dot product is the same), so the pipeline
 // gives the same bits too. Its chunks take a few microseconds, less than waking a sleeping
 // thread, so workers and the waiting caller spin for a while (kSpinFor) before they block, as
-// OpenMP runtimes do between parallel regions. On the 2-core benchmark machine this took batch 1
-// from about 90 us to 50-60 us (docs/benchmarks.md).
+// OpenMP runtimes do between parallel regions. bench/forecast.sh times batch 1 on one thread and
+// on two.
 #include "forecast/lstm_engine.h"
 
 #include <immintrin.h>

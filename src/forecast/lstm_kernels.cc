@@ -20,14 +20,14 @@
 //   an unsigned operand, so it multiplies |x| by w carrying x's sign (_mm256_sign_epi8, as ggml's
 //   q8 dot products do). Two k groups' pair sums are added in int16 (at most 4 * 63 * 127 =
 //   32004, so neither step can saturate or wrap) and one _mm256_madd_epi16 against ones widens
-//   them to int32: three vector integer multiplies (two maddubs, one madd) per 64 products. On
-//   the 2-core Zen 3 machine of docs/benchmarks.md that ran at about 60 G products/s, against
-//   45 G with 8-bit activations (one madd per maddubs, since a pair sum of 8-bit values can
-//   reach 32258 and two cannot share an int16) and 33 G for int16-widened operands and
-//   _mm256_madd_epi16 alone (that CPU issues about one vpmaddwd per cycle). Dropping the
-//   activations' eighth bit costs little accuracy: on real windows the worst INT8 vs FP32 gap
-//   went from 0.48 % to 0.57 % of the p10-p90 spread (LstmEngineTest, limit 1 %); the
-//   weights' rounding dominates.
+//   them to int32: three vector integer multiplies (two maddubs, one madd) per 64 products,
+//   against four with 8-bit activations (one madd per maddubs, since a pair sum of 8-bit values
+//   can reach 32258 and two cannot share an int16) and four for int16-widened operands and
+//   _mm256_madd_epi16 alone, whose vector registers also hold half as many products. CPUs
+//   without VNNI issue about one such multiply per cycle, so their count sets the pace.
+//   Dropping the activations' eighth bit costs little accuracy, the weights' rounding
+//   dominating: LstmEngineTest.Int8AgreesWithFp32OnRealData prints the worst INT8 vs FP32 gap
+//   on real windows (limit 1 % of the p10-p90 spread).
 // - AVX-512 VNNI uses _mm512_dpbusd_epi32 (64 u8 x s8 products summed in groups of 4 into 16
 //   int32, no intermediate saturation). It needs unsigned activations, so they are stored as
 //   q + 128 and each row's sum of 128 * w is subtracted afterwards (the zero-point compensation
