@@ -285,18 +285,20 @@ MEGASERVE_AVX2 inline __m256i FirstLanes(int n) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Quantizes columns to int8 as QuantizeColumn does (cvtps_epi32 rounds half to even, as
-// nearbyint does in the default rounding mode); lanes past `cols` are loaded masked, as zeros.
+// Quantizes columns as QuantizeColumn does (cvtps_epi32 rounds half to even, as nearbyint does
+// in the default rounding mode); lanes past `cols` are loaded masked, as zeros. Writes q as int8
+// to q_out, or q + 128 when `unsigned_bytes` (flipping the sign bit of q's byte adds 128).
 MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int cols, int kpad,
-                                     QuantizedCols* out) {
+                                     bool unsigned_bytes, int8_t* q_out, float* scales) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   constexpr float kMax = kActivationMax;
   const __m256i lo = _mm256_set1_epi32(-kActivationMax), hi = _mm256_set1_epi32(kActivationMax);
   const int full = cols / 8 * 8;
   const __m256i tail = FirstLanes(cols - full);
+  const __m128i flip = _mm_set1_epi8(unsigned_bytes ? static_cast<char>(0x80) : 0);
   for (int n = 0; n < count; ++n) {
     const float* xc = x + static_cast<std::size_t>(n) * ldx;
-    int8_t* q = &out->s8[static_cast<std::size_t>(n) * kpad];
+    int8_t* q = q_out + static_cast<std::size_t>(n) * kpad;
     __m256 mv = _mm256_setzero_ps();
     for (int k = 0; k < full; k += 8)
       mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(xc + k), abs_mask));
@@ -316,7 +318,7 @@ MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int col
       a = _mm256_min_epi32(_mm256_max_epi32(a, lo), hi);
       const __m128i words =
           _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-      const __m128i bytes = _mm_packs_epi16(words, words);
+      const __m128i bytes = _mm_xor_si128(_mm_packs_epi16(words, words), flip);
       if (k + 8 <= kpad) {
         _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), bytes);
       } else {  // kpad is a multiple of 4
@@ -324,7 +326,7 @@ MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int col
         std::memcpy(q + k, &four, sizeof(four));
       }
     }
-    out->scale[n] = m / kMax;
+    scales[n] = m / kMax;
   }
 }
 
@@ -381,53 +383,73 @@ MEGASERVE_AVX2 void LstmCellAvx2(const float* g, int ldg, int count, int hidden,
 
 #define MEGASERVE_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
-// GCC 12's _mm512_cvtepi32_ps passes _mm512_undefined_ps(), which -Wmaybe-uninitialized flags.
+// GCC 12's _mm512_cvtepi32_ps passes _mm512_undefined_ps(), which -Wmaybe-uninitialized and
+// -Wuninitialized flag.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
-template <int NC>
-MEGASERVE_VNNI inline void TileI8Vnni(const int8_t* wb, int kp4, const uint8_t* x, int kpad,
-                                      const int32_t* comp, const float* ws, const float* xs,
+// Row blocks [rb, rb + RB) times columns [n, n + NC): RB x NC accumulators, so that RB x NC
+// independent dpbusd chains hide the instruction's latency (a single chain would wait for each
+// previous sum: one column of one row block is only kp4 dependent steps).
+template <int RB, int NC>
+MEGASERVE_VNNI inline void TileI8Vnni(const PackedI8& w, int rb, const QuantizedCols& xq, int n,
                                       float* y, int ldy) {
-  __m512i acc[NC];
+  const int kp4 = w.kpad / 4;
+  const int8_t* wb = &w.w8[static_cast<std::size_t>(rb) * kp4 * 64];
+  const uint8_t* x = &xq.u8[static_cast<std::size_t>(n) * w.kpad];
+  __m512i acc[RB][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
 #pragma GCC unroll 4
-  for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_si512();
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_si512();
+  }
   for (int kk = 0; kk < kp4; ++kk) {
-    const __m512i wv = _mm512_loadu_si512(wb + kk * 64);
+    __m512i wv[RB];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) {
+      wv[r] = _mm512_loadu_si512(wb + (static_cast<std::size_t>(r) * kp4 + kk) * 64);
+    }
 #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) {
-      const __m512i xb = _mm512_set1_epi32(Load32(x + static_cast<std::size_t>(c) * kpad + 4 * kk));
-      acc[c] = _mm512_dpbusd_epi32(acc[c], xb, wv);
+      const __m512i xb =
+          _mm512_set1_epi32(Load32(x + static_cast<std::size_t>(c) * w.kpad + 4 * kk));
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xb, wv[r]);
     }
   }
-  const __m512i cv = _mm512_loadu_si512(comp);
-  const __m512 wsv = _mm512_loadu_ps(ws);
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+    const int row = (rb + r) * 16;
+    const __m512i cv = _mm512_loadu_si512(&w.comp[row]);
+    const __m512 wsv = _mm512_loadu_ps(&w.scale[row]);
 #pragma GCC unroll 4
-  for (int c = 0; c < NC; ++c) {
-    float* yp = y + static_cast<std::size_t>(c) * ldy;
-    const __m512 s = _mm512_mul_ps(wsv, _mm512_set1_ps(xs[c]));
-    const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[c], cv));
-    _mm512_storeu_ps(yp, _mm512_fmadd_ps(s, a, _mm512_loadu_ps(yp)));
+    for (int c = 0; c < NC; ++c) {
+      float* yp = y + static_cast<std::size_t>(n + c) * ldy + row;
+      const __m512 s = _mm512_mul_ps(wsv, _mm512_set1_ps(xq.scale[n + c]));
+      const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], cv));
+      _mm512_storeu_ps(yp, _mm512_fmadd_ps(s, a, _mm512_loadu_ps(yp)));
+    }
   }
 }
 
+// Columns in fours take 4 x 4 tiles (16 accumulators); the remaining columns, such as a batch of
+// one, take 8 row blocks at a time.
 MEGASERVE_VNNI void GemmI8Vnni(const PackedI8& w, const QuantizedCols& xq, int count, float* y,
                                int ldy) {
   const int blocks = PaddedRows(w.rows) / 16;
-  const int kp4 = w.kpad / 4;
-  for (int rb = 0; rb < blocks; ++rb) {
-    const int8_t* wb = &w.w8[static_cast<std::size_t>(rb) * kp4 * 64];
-    const int32_t* comp = &w.comp[rb * 16];
-    const float* ws = &w.scale[rb * 16];
-    int n = 0;
-    for (; n + 4 <= count; n += 4) {
-      TileI8Vnni<4>(wb, kp4, &xq.u8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
-                    &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
-    }
-    for (; n < count; ++n) {
-      TileI8Vnni<1>(wb, kp4, &xq.u8[static_cast<std::size_t>(n) * w.kpad], w.kpad, comp, ws,
-                    &xq.scale[n], y + static_cast<std::size_t>(n) * ldy + rb * 16, ldy);
-    }
+  const int fours = count / 4 * 4;
+  int rb = 0;
+  for (; rb + 4 <= blocks; rb += 4) {
+    for (int n = 0; n < fours; n += 4) TileI8Vnni<4, 4>(w, rb, xq, n, y, ldy);
+  }
+  for (; rb < blocks; ++rb) {
+    for (int n = 0; n < fours; n += 4) TileI8Vnni<1, 4>(w, rb, xq, n, y, ldy);
+  }
+  for (int n = fours; n < count; ++n) {
+    rb = 0;
+    for (; rb + 8 <= blocks; rb += 8) TileI8Vnni<8, 1>(w, rb, xq, n, y, ldy);
+    for (; rb < blocks; ++rb) TileI8Vnni<1, 1>(w, rb, xq, n, y, ldy);
   }
 }
 
@@ -541,6 +563,12 @@ void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, i
   out->scale.resize(count);
   if (kernel == Kernel::kAvx512Vnni) {
     out->u8.resize(n);
+    // A CPU with VNNI has AVX2; tests quantize for the VNNI packing on any CPU.
+    static const bool avx2 = CpuSupports(Kernel::kAvx2);
+    if (avx2) {
+      return QuantizeColsAvx2(x, ldx, count, cols, kpad, true,
+                              reinterpret_cast<int8_t*>(out->u8.data()), out->scale.data());
+    }
     for (int c = 0; c < count; ++c) {
       out->scale[c] = QuantizeColumn<uint8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad,
                                               128, &out->u8[static_cast<std::size_t>(c) * kpad]);
@@ -548,7 +576,9 @@ void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, i
     return;
   }
   out->s8.resize(n);
-  if (kernel == Kernel::kAvx2) return QuantizeColsAvx2(x, ldx, count, cols, kpad, out);
+  if (kernel == Kernel::kAvx2) {
+    return QuantizeColsAvx2(x, ldx, count, cols, kpad, false, out->s8.data(), out->scale.data());
+  }
   for (int c = 0; c < count; ++c) {
     out->scale[c] = QuantizeColumn<int8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad, 0,
                                            &out->s8[static_cast<std::size_t>(c) * kpad]);

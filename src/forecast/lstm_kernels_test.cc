@@ -29,8 +29,8 @@ std::vector<Kernel> Supported() {
 struct Dims {
   int rows, cols, count;
 };
-constexpr Dims kDims[] = {{256, 7, 1}, {256, 64, 1}, {256, 64, 32},
-                          {18, 64, 5}, {40, 13, 7},  {256, 7, 2048}};
+constexpr Dims kDims[] = {{256, 7, 1}, {256, 64, 1}, {256, 64, 32}, {18, 64, 5},
+                          {40, 13, 7}, {200, 24, 6}, {256, 7, 2048}};
 
 TEST(LstmKernelsTest, Fp32MatchesNaiveAndKernelsAreBitIdentical) {
   for (const Dims& d : kDims) {
