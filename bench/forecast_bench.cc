@@ -2,7 +2,7 @@
 //
 //   forecast_bench [--model MODEL.safetensors] [--write-weights OUT.safetensors] [--seed 42]
 //                  [--batches 1,32] [--reps 300] [--min-ms 300] [--clock wall|cpu]
-//                  [--stat median|min] [--threads 1]
+//                  [--stat median|min] [--threads 1] [--precisions fp32,int8]
 //
 // Loads a model (FP32 or INT8 file; for an INT8 file the INT8 engine uses its exact integers),
 // or draws default-shape weights (7 inputs, 2 x 64, horizon 6 x 3 quantiles, window 64) from a
@@ -108,7 +108,7 @@ std::vector<int> ParseList(const std::string& text) {
 int main(int argc, char** argv) {
   CLI::App app{"Times the native forecast engine (FP32 and INT8)"};
   std::string model_path, write_path, batches_text = "1,32", clock = "wall", stat = "median",
-                                      threads_text = "1";
+                                      threads_text = "1", precisions_text = "fp32,int8";
   uint32_t seed = 42;
   int reps = 300;
   double min_ms = 300;
@@ -124,7 +124,21 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"median", "min"}));
   app.add_option("--threads", threads_text,
                  "comma-separated EngineOptions::threads values to time (0: all cores)");
+  app.add_option("--precisions", precisions_text,
+                 "comma-separated precisions to time (fp32, int8)");
   CLI11_PARSE(app, argc, argv);
+  std::vector<Precision> precisions;
+  for (std::size_t pos = 0; pos <= precisions_text.size();) {
+    std::size_t comma = precisions_text.find(',', pos);
+    if (comma == std::string::npos) comma = precisions_text.size();
+    auto p = ParsePrecision(precisions_text.substr(pos, comma - pos));
+    if (!p.ok()) {
+      std::fprintf(stderr, "--precisions: %s\n", p.status().ToString().c_str());
+      return 1;
+    }
+    precisions.push_back(*p);
+    pos = comma + 1;
+  }
 
   ForecastModel model;
   Int8Matrices int8;
@@ -159,7 +173,7 @@ int main(int argc, char** argv) {
             std::to_string(t > 0 ? t : std::max(1u, std::thread::hardware_concurrency()));
   }
   std::printf("engine threads %s\n", used.c_str());
-  for (Precision p : {Precision::kFp32, Precision::kInt8}) {
+  for (Precision p : precisions) {
     for (int threads : thread_counts) {
       EngineOptions options = p == Precision::kInt8 ? int8_options : EngineOptions{};
       options.threads = threads;

@@ -7,8 +7,8 @@
 // outputs of one column and no horizontal reduction is ever needed. A register tile covers
 // 4 row blocks x 3 columns in FP32 (AVX2: 12 accumulators, 4 weight loads and 3 broadcasts per k),
 // the usual outer-product micro-kernel of blocked GEMMs (Goto and van de Geijn, "Anatomy of
-// High-Performance Matrix Multiplication", ACM TOMS 2008), and 4 row blocks x 2 columns in INT8
-// on AVX2, whose products need temporaries (below) that leave no registers for a third column.
+// High-Performance Matrix Multiplication", ACM TOMS 2008), and 4 row blocks x 1 column in INT8
+// on AVX2, whose products need temporaries (below) that leave no registers for a second column.
 // Row tiles are the outer loop so a tile's weights stay in L1 while the columns stream past.
 //
 // INT8. Weights are the file's per-row symmetric int8 values in [-127, 127], activations are
@@ -208,60 +208,47 @@ MEGASERVE_AVX2 inline __m256i PairsI8Avx2(__m256i w, __m256i xb, __m256i abs_xb)
   return _mm256_maddubs_epi16(abs_xb, _mm256_sign_epi8(w, xb));
 }
 
-// Two k groups (8 values of k) at a time: their pair sums add in int16 (at most
-// 4 * 63 * 127 = 32004), and one vpmaddwd against ones widens the total to int32.
-template <int RB, int NC>
-MEGASERVE_AVX2 inline void TileI8Avx2(const int8_t* wb, int kp4, const int8_t* x, int kpad,
-                                      const float* ws, const float* xs, float* y, int ldy) {
-  __m256i acc[RB][NC];
+// One column against RB row blocks, two k groups (8 values of k) at a time: their pair sums add
+// in int16 (at most 4 * 63 * 127 = 32004), and one vpmaddwd against ones widens the total to
+// int32. One column at a time: a second one's broadcasts and accumulators would not fit in the
+// 16 vector registers beside the temporaries, and spilling costs more than the weight loads
+// that a second column would share.
+template <int RB>
+MEGASERVE_AVX2 inline void TileI8Avx2(const int8_t* wb, int kp4, const int8_t* x, const float* ws,
+                                      float xs, float* y) {
+  __m256i acc[RB];
 #pragma GCC unroll 4
-  for (int r = 0; r < RB; ++r) {
-#pragma GCC unroll 2
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_si256();
-  }
+  for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
   const std::size_t block = static_cast<std::size_t>(kp4) * 32;
   for (int kk = 0; kk < kp4; kk += 2) {
-#pragma GCC unroll 2
-    for (int c = 0; c < NC; ++c) {
-      const int8_t* xc = x + static_cast<std::size_t>(c) * kpad + 4 * kk;
-      const __m256i x0 = _mm256_set1_epi32(Load32(xc)), x1 = _mm256_set1_epi32(Load32(xc + 4));
-      const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
+    const __m256i x0 = _mm256_set1_epi32(Load32(x + 4 * kk));
+    const __m256i x1 = _mm256_set1_epi32(Load32(x + 4 * kk + 4));
+    const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
 #pragma GCC unroll 4
-      for (int r = 0; r < RB; ++r) {
-        const int8_t* wr = wb + r * block + kk * 32;
-        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
-        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 32));
-        const __m256i pairs = _mm256_add_epi16(PairsI8Avx2(w0, x0, a0), PairsI8Avx2(w1, x1, a1));
-        acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(pairs, ones));
-      }
+    for (int r = 0; r < RB; ++r) {
+      const int8_t* wr = wb + r * block + kk * 32;
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 32));
+      const __m256i pairs = _mm256_add_epi16(PairsI8Avx2(w0, x0, a0), PairsI8Avx2(w1, x1, a1));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
     }
   }
+  const __m256 xsv = _mm256_set1_ps(xs);
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r) {
-    const __m256 wsv = _mm256_loadu_ps(ws + r * 8);
-#pragma GCC unroll 2
-    for (int c = 0; c < NC; ++c) {
-      float* yp = y + static_cast<std::size_t>(c) * ldy + r * 8;
-      const __m256 s = _mm256_mul_ps(wsv, _mm256_set1_ps(xs[c]));
-      _mm256_storeu_ps(yp, _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[r][c]), _mm256_loadu_ps(yp)));
-    }
+    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(ws + r * 8), xsv);
+    _mm256_storeu_ps(y + r * 8,
+                     _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(acc[r]), _mm256_loadu_ps(y + r * 8)));
   }
 }
 
 template <int RB>
 MEGASERVE_AVX2 void RowTileI8Avx2(const int8_t* wb, int kp4, const QuantizedCols& xq, int kpad,
                                   const float* ws, int count, float* y, int ldy) {
-  int n = 0;
-  const int8_t* x = xq.s8.data();
-  const float* xs = xq.scale.data();
-  for (; n + 2 <= count; n += 2) {
-    TileI8Avx2<RB, 2>(wb, kp4, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
-                      y + static_cast<std::size_t>(n) * ldy, ldy);
-  }
-  if (n < count) {
-    TileI8Avx2<RB, 1>(wb, kp4, x + static_cast<std::size_t>(n) * kpad, kpad, ws, xs + n,
-                      y + static_cast<std::size_t>(n) * ldy, ldy);
+  for (int n = 0; n < count; ++n) {
+    TileI8Avx2<RB>(wb, kp4, &xq.s8[static_cast<std::size_t>(n) * kpad], ws, xq.scale[n],
+                   y + static_cast<std::size_t>(n) * ldy);
   }
 }
 
