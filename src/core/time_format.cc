@@ -25,14 +25,13 @@ char* Digits(char* p, unsigned v, int width) {
 // arithmetic) and the digits are written directly, without gmtime_r's and strftime's general
 // machinery: a forecast answer prints about a dozen timestamps. Years outside 0..9999, which
 // need more than four digits, go through strftime as before.
-std::string Rfc3339(int64_t unix_micros, bool with_micros) {
+std::size_t Rfc3339To(int64_t unix_micros, char* text, bool with_micros) {
   int64_t seconds = unix_micros / 1'000'000;
   int64_t fraction = unix_micros % 1'000'000;
   if (fraction < 0) {  // floor, for times before 1970
     fraction += 1'000'000;
     --seconds;
   }
-  char text[48];
   char* p = text;
   int64_t days = seconds / 86'400, second_of_day = seconds % 86'400;
   if (second_of_day < 0) {
@@ -64,7 +63,12 @@ std::string Rfc3339(int64_t unix_micros, bool with_micros) {
     p = Digits(p, static_cast<unsigned>(fraction), 6);
   }
   *p++ = 'Z';
-  return {text, static_cast<std::size_t>(p - text)};
+  return static_cast<std::size_t>(p - text);
+}
+
+std::string Rfc3339(int64_t unix_micros, bool with_micros) {
+  char text[kRfc3339Size];
+  return {text, Rfc3339To(unix_micros, text, with_micros)};
 }
 
 int64_t NowMicros() {

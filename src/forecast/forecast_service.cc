@@ -1,12 +1,12 @@
 #include "forecast/forecast_service.h"
 
 #include <fmt/format.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <future>
+#include <iterator>
 #include <limits>
 
 #include "core/time_format.h"
@@ -361,100 +361,146 @@ core::Result<Forecast> ForecastService::ForecastNow(const ForecastRequest& reque
   return future.get();
 }
 
-std::string QuantileKey(double q) { return fmt::format("p{:g}", std::round(q * 1e6) / 1e4); }
+std::string QuantileKey(double q) {
+  // "p" and the percentile as printf's %g writes it (6 significant digits, no trailing zeros).
+  char text[48] = {'p'};
+  const double percent = std::round(q * 1e6) / 1e4;
+  char* end =
+      std::to_chars(text + 1, text + sizeof(text), percent, std::chars_format::general, 6).ptr;
+  return {text, static_cast<std::size_t>(end - text)};
+}
+
+namespace {
+
+// The forecast answer's text, appended piece by piece into one presized string. rapidjson's
+// Writer checks and escapes every key at run time and allocates for each timestamp; here the
+// keys are literals copied as they are, with the punctuation around them, and only values are
+// formatted: strings escaped, numbers by std::to_chars (shortest text that reads back to the
+// same double; a whole number keeps a ".0", as rapidjson writes it, so that it stays a float for
+// clients that tell the two apart), timestamps through a stack buffer.
+class AnswerText {
+ public:
+  explicit AnswerText(std::size_t capacity) { out_.reserve(capacity); }
+
+  AnswerText& Raw(std::string_view text) {
+    out_.append(text);
+    return *this;
+  }
+  AnswerText& String(std::string_view s) {
+    out_ += '"';
+    std::size_t plain = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c >= 0x20 && c != '"' && c != '\\') continue;
+      out_.append(s.substr(plain, i - plain));
+      plain = i + 1;
+      if (c == '"' || c == '\\') {
+        out_ += '\\';
+        out_ += static_cast<char>(c);
+      } else {
+        fmt::format_to(std::back_inserter(out_), "\\u{:04x}", c);
+      }
+    }
+    out_.append(s.substr(plain));
+    out_ += '"';
+    return *this;
+  }
+  AnswerText& Int(int64_t v) {
+    char text[24];
+    out_.append(text, std::to_chars(text, text + sizeof(text), v).ptr);
+    return *this;
+  }
+  AnswerText& Double(double v) {
+    if (!std::isfinite(v)) return Raw("null");  // JSON has no NaN or infinity
+    char text[40];
+    char* end = std::to_chars(text, text + sizeof(text), v).ptr;
+    out_.append(text, end);
+    if (std::find_if(text, end, [](char c) { return c == '.' || c == 'e'; }) == end) {
+      out_.append(".0");
+    }
+    return *this;
+  }
+  AnswerText& Bool(bool v) { return Raw(v ? "true" : "false"); }
+  AnswerText& Time(int64_t ms) {
+    char text[core::kRfc3339Size];
+    out_ += '"';
+    out_.append(text, core::Rfc3339To(ms * 1000, text));
+    out_ += '"';
+    return *this;
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+}  // namespace
 
 std::string ForecastJson(const Forecast& f) {
   // Sized for the whole text (about 600 bytes plus 250 a step plus the skill summary), so the
-  // buffer is not regrown and copied on the way.
-  rapidjson::StringBuffer sb(nullptr, 1024 + 256 * f.steps.size() + f.skill_json.size());
-  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  auto str = [&w](const char* key, std::string_view value) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  };
-  auto time = [&](const char* key, int64_t ms) { str(key, core::Rfc3339(ms * 1000)); };
-  w.StartObject();
-  str("object", "forecast");
-  str("symbol", f.symbol);
-  str("interval", f.interval);
-  w.Key("horizon");
-  w.Int(static_cast<int>(f.steps.size()));
-  w.Key("quantiles");
-  w.StartArray();
-  for (double q : f.quantiles) w.Double(q);
-  w.EndArray();
-  time("created_at", f.made_at_ms);
+  // string is not regrown and copied on the way.
+  AnswerText t(1024 + 256 * f.steps.size() + f.skill_json.size());
+  t.Raw(R"({"object":"forecast","symbol":)").String(f.symbol);
+  t.Raw(R"(,"interval":)").String(f.interval);
+  t.Raw(R"(,"horizon":)").Int(static_cast<int64_t>(f.steps.size()));
+  t.Raw(R"(,"quantiles":[)");
+  for (std::size_t i = 0; i < f.quantiles.size(); ++i) {
+    if (i > 0) t.Raw(",");
+    t.Double(f.quantiles[i]);
+  }
+  t.Raw(R"(],"created_at":)").Time(f.made_at_ms);
 
-  w.Key("model");
-  w.StartObject();
-  str("name", f.model_name);
-  w.Key("version");
-  w.Int(f.model_version);
-  str("precision", PrecisionName(f.precision));
-  str("kernel", f.kernel);
-  w.Key("horizon");
-  w.Int(f.model_horizon);
-  w.Key("trained_at");
+  t.Raw(R"(,"model":{"name":)").String(f.model_name);
+  t.Raw(R"(,"version":)").Int(f.model_version);
+  t.Raw(R"(,"precision":)").String(PrecisionName(f.precision));
+  t.Raw(R"(,"kernel":)").String(f.kernel);
+  t.Raw(R"(,"horizon":)").Int(f.model_horizon);
+  t.Raw(R"(,"trained_at":)");
   if (f.trained_at_ms > 0) {
-    w.String(core::Rfc3339(f.trained_at_ms * 1000).c_str());
+    t.Time(f.trained_at_ms);
   } else {
-    w.Null();
+    t.Raw("null");
   }
-  w.EndObject();
 
-  w.Key("data");
-  w.StartObject();
-  time("last_bar_open_time", f.data.last_open_ms);
-  w.Key("last_bar_open_time_ms");
-  w.Int64(f.data.last_open_ms);
-  time("last_bar_close_time", f.data.last_close_ms);
-  w.Key("last_close");
-  w.Double(f.data.last_close);
-  w.Key("age_seconds");
-  w.Int64(f.data.age_s);
-  w.Key("partial_bar");
-  w.Bool(f.data.partial_bar);
-  time("window_start", f.data.first_open_ms);
-  w.Key("gap_bars");
-  w.Int64(f.data.gap_bars);
-  w.Key("gaps");
-  w.Bool(f.data.gap_bars > 0);
-  w.EndObject();
+  const DataFreshness& d = f.data;
+  t.Raw(R"(},"data":{"last_bar_open_time":)").Time(d.last_open_ms);
+  t.Raw(R"(,"last_bar_open_time_ms":)").Int(d.last_open_ms);
+  t.Raw(R"(,"last_bar_close_time":)").Time(d.last_close_ms);
+  t.Raw(R"(,"last_close":)").Double(d.last_close);
+  t.Raw(R"(,"age_seconds":)").Int(d.age_s);
+  t.Raw(R"(,"partial_bar":)").Bool(d.partial_bar);
+  t.Raw(R"(,"window_start":)").Time(d.first_open_ms);
+  t.Raw(R"(,"gap_bars":)").Int(d.gap_bars);
+  t.Raw(R"(,"gaps":)").Bool(d.gap_bars > 0);
 
-  w.Key("steps");
-  w.StartArray();
-  std::vector<std::string> keys;
-  for (double q : f.quantiles) keys.push_back(QuantileKey(q));
-  for (const ForecastStep& step : f.steps) {
-    w.StartObject();
-    w.Key("h");
-    w.Int(step.h);
-    time("open_time", step.open_time_ms);
-    w.Key("open_time_ms");
-    w.Int64(step.open_time_ms);
-    time("close_time", step.close_time_ms);
-    w.Key("prices");
-    w.StartObject();
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      w.Key(keys[i].c_str());
-      w.Double(step.prices[i]);
+  // The prices' keys, "p10": ...
+  std::vector<std::string> keys;  // short enough to need no allocation of their own
+  for (double q : f.quantiles) keys.push_back('"' + QuantileKey(q) + "\":");
+  t.Raw(R"(},"steps":[)");
+  for (std::size_t s = 0; s < f.steps.size(); ++s) {
+    const ForecastStep& step = f.steps[s];
+    t.Raw(s == 0 ? R"({"h":)" : R"(,{"h":)").Int(step.h);
+    t.Raw(R"(,"open_time":)").Time(step.open_time_ms);
+    t.Raw(R"(,"open_time_ms":)").Int(step.open_time_ms);
+    t.Raw(R"(,"close_time":)").Time(step.close_time_ms);
+    t.Raw(R"(,"prices":{)");
+    for (std::size_t i = 0; i < f.quantiles.size(); ++i) {
+      if (i > 0) t.Raw(",");
+      t.Raw(keys[i]).Double(step.prices[i]);
     }
-    w.EndObject();
-    w.EndObject();
+    t.Raw("}}");
   }
-  w.EndArray();
 
-  w.Key("skill");
   if (f.skill_json.empty()) {
-    w.Null();
-    str("skill_note",
-        "this model has not been backtested; run `megaserve backtest` to measure its skill "
-        "against naive persistence");
+    t.Raw(R"(],"skill":null,"skill_note":)")
+        .String(
+            "this model has not been backtested; run `megaserve backtest` to measure its skill "
+            "against naive persistence");
   } else {
-    w.RawValue(f.skill_json.data(), f.skill_json.size(), rapidjson::kObjectType);
+    t.Raw(R"(],"skill":)").Raw(f.skill_json);
   }
-  w.EndObject();
-  return {sb.GetString(), sb.GetSize()};
+  t.Raw("}");
+  return t.Take();
 }
 
 }  // namespace megaserve::forecast

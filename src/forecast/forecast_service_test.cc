@@ -8,8 +8,11 @@
 #include <rapidjson/document.h>
 
 #include <atomic>
+#include <bit>
 #include <future>
+#include <limits>
 
+#include "core/time_format.h"
 #include "forecast/backtest.h"
 #include "forecast/features.h"
 #include "forecast/forecast_backend.h"
@@ -341,10 +344,93 @@ TEST_F(ForecastServiceTest, AvailableListsForecastModelsOnly) {
   EXPECT_EQ(series[1].model, "ethusdt-1d");
 }
 
+// Every field of a hand-made forecast reads back exactly: strings that need escaping, doubles
+// (whole, tiny, huge, shortest-digit) bit for bit, timestamps, and null for what JSON cannot
+// hold.
+TEST(ForecastJsonTest, EveryFieldReadsBack) {
+  Forecast f;
+  f.symbol = "BTCUSDT";
+  f.interval = "4h";
+  f.quantiles = {0.025, 0.5, 0.975};
+  f.model_name = "odd \"name\" \\ with\ttab\x01";
+  f.model_version = 7;
+  f.precision = Precision::kFp32;
+  f.kernel = "avx2";
+  f.model_horizon = 6;
+  f.trained_at_ms = 0;  // unknown: null
+  f.made_at_ms = 1'767'700'800'123;
+  f.data = {.last_open_ms = 1'767'686'400'000,
+            .last_close_ms = 1'767'700'800'000,
+            .last_close = 93840.0,
+            .age_s = 42,
+            .partial_bar = true,
+            .first_open_ms = -14'400'000,
+            .gap_bars = 3,
+            .candles_version = 1};
+  const std::vector<std::vector<double>> prices = {
+      {0.1 + 0.2, 1e-7, 93890.78170658028}, {1e21, 5e-324, -0.0}, {2.0, 1.0 / 3, 123456789.0}};
+  for (int h = 1; h <= 3; ++h) {
+    f.steps.push_back({h, 1'767'700'800'000 + h * kFourHoursMs,
+                       1'767'700'800'000 + (h + 1) * kFourHoursMs, prices[h - 1]});
+  }
+  const std::string json = ForecastJson(f);
+  rapidjson::Document d;
+  d.Parse<rapidjson::kParseFullPrecisionFlag>(json.c_str());
+  ASSERT_FALSE(d.HasParseError()) << json;
+  EXPECT_STREQ(d["symbol"].GetString(), "BTCUSDT");
+  EXPECT_EQ(d["horizon"].GetInt(), 3);
+  ASSERT_EQ(d["quantiles"].Size(), 3u);
+  EXPECT_EQ(d["quantiles"][0].GetDouble(), 0.025);
+  EXPECT_STREQ(d["created_at"].GetString(), "2026-01-06T12:00:00Z");
+  EXPECT_EQ(std::string(d["model"]["name"].GetString(), d["model"]["name"].GetStringLength()),
+            f.model_name);
+  EXPECT_EQ(d["model"]["version"].GetInt(), 7);
+  EXPECT_STREQ(d["model"]["precision"].GetString(), "fp32");
+  EXPECT_TRUE(d["model"]["trained_at"].IsNull());
+  const auto& data = d["data"];
+  EXPECT_STREQ(data["last_bar_open_time"].GetString(), "2026-01-06T08:00:00Z");
+  EXPECT_EQ(data["last_bar_open_time_ms"].GetInt64(), f.data.last_open_ms);
+  EXPECT_STREQ(data["last_bar_close_time"].GetString(), "2026-01-06T12:00:00Z");
+  EXPECT_TRUE(data["last_close"].IsDouble());  // a whole number stays a float: "93840.0"
+  EXPECT_THAT(json, HasSubstr(R"("last_close":93840.0,)"));
+  EXPECT_EQ(data["age_seconds"].GetInt64(), 42);
+  EXPECT_TRUE(data["partial_bar"].GetBool());
+  EXPECT_STREQ(data["window_start"].GetString(), "1969-12-31T20:00:00Z");
+  EXPECT_EQ(data["gap_bars"].GetInt64(), 3);
+  EXPECT_TRUE(data["gaps"].GetBool());
+  ASSERT_EQ(d["steps"].Size(), 3u);
+  for (int h = 1; h <= 3; ++h) {
+    const auto& step = d["steps"][h - 1];
+    EXPECT_EQ(step["h"].GetInt(), h);
+    EXPECT_EQ(step["open_time_ms"].GetInt64(), f.steps[h - 1].open_time_ms);
+    EXPECT_EQ(step["close_time"].GetString(), core::Rfc3339(f.steps[h - 1].close_time_ms * 1000));
+    int i = 0;
+    for (const char* key : {"p2.5", "p50", "p97.5"}) {
+      ASSERT_TRUE(step["prices"].HasMember(key)) << json;
+      const double v = step["prices"][key].GetDouble();
+      EXPECT_EQ(std::bit_cast<uint64_t>(v), std::bit_cast<uint64_t>(prices[h - 1][i]))
+          << key << " " << v << " in " << json;
+      ++i;
+    }
+  }
+  EXPECT_TRUE(d["skill"].IsNull());
+
+  f.steps[0].prices[1] = std::numeric_limits<double>::quiet_NaN();
+  f.skill_json = R"({"origins":12})";
+  d.Parse<rapidjson::kParseFullPrecisionFlag>(ForecastJson(f).c_str());
+  ASSERT_FALSE(d.HasParseError());
+  EXPECT_TRUE(d["steps"][0]["prices"]["p50"].IsNull());
+  EXPECT_EQ(d["skill"]["origins"].GetInt(), 12);
+}
+
 TEST(QuantileKeyTest, NamesPercentiles) {
   EXPECT_EQ(QuantileKey(0.1), "p10");
   EXPECT_EQ(QuantileKey(0.5), "p50");
   EXPECT_EQ(QuantileKey(0.025), "p2.5");
+  EXPECT_EQ(QuantileKey(0.975), "p97.5");
+  EXPECT_EQ(QuantileKey(0.123456789), "p12.3457");
+  EXPECT_EQ(QuantileKey(1e-9), "p0");
+  EXPECT_EQ(QuantileKey(1), "p100");
 }
 
 }  // namespace
