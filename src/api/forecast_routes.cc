@@ -36,8 +36,8 @@ ParsedForecast ParseForecastRequest(std::string_view body) {
     out.error = net::ErrorResponse(400, code, message, param);
     return out;
   };
-  rapidjson::Document d;
-  d.Parse(body.data(), body.size());
+  SmallJsonBody parsed(body);
+  auto& d = parsed.doc();
   if (d.HasParseError() || !d.IsObject()) {
     return bad("invalid_json", "the body must be a JSON object", "");
   }

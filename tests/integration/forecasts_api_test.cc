@@ -189,6 +189,15 @@ TEST_F(ForecastsApiTest, BadRequestsNameTheAllowedValues) {
   EXPECT_EQ(quantiles.status, 400);
   EXPECT_THAT(quantiles.body, HasSubstr("0.1, 0.5, 0.9"));
 
+  // A body larger than the parser's in-object buffers (about 5 KiB of values) parses whole: the
+  // answer is the check of its values, not invalid_json.
+  std::string many = R"({"symbol":"BTCUSDT","interval":"4h","quantiles":[)";
+  for (int i = 0; i < 300; ++i) many += "0.1,";
+  many += "0.7]}";
+  auto long_body = Forecast(many);
+  EXPECT_EQ(long_body.status, 400);
+  EXPECT_THAT(long_body.body, HasSubstr("quantile 0.1 is listed twice"));
+
   auto field = Forecast(R"({"symbol":"BTCUSDT","interval":"4h","steps":3})");
   EXPECT_EQ(field.status, 400);
   EXPECT_THAT(field.body, HasSubstr("known: symbol, interval, horizon, quantiles"));
