@@ -23,15 +23,18 @@ class ProgressBar {
   // Ends the current bar's line (also done by the destructor and by a new phase).
   void Finish();
 
-  // The text of one bar, for tests: phase, bar of `width` cells, counts, rate and ETA.
+  // The text of one bar, for tests: phase, bar of `width` cells, counts, rate and ETA. The rate
+  // counts the units done since `done_at_start`, the count when the elapsed time began (a phase
+  // whose first report already has units done must not count them as done in no time).
   static std::string Render(const std::string& phase, int done, int total, double elapsed_s,
-                            int width = 30);
+                            int width = 30, int done_at_start = 0);
 
  private:
   std::FILE* out_;
   bool interactive_;
   std::string phase_;
   int last_decile_ = -1;
+  int done_at_start_ = 0;  // the phase's first reported count
   bool open_line_ = false;
   std::chrono::steady_clock::time_point start_;
 };

@@ -22,6 +22,10 @@ TEST(ProgressBarTest, RendersCountsBarRateAndEta) {
   EXPECT_EQ(ProgressBar::Render("decode", 1, 4, 4.0, 4), "decode [#---] 1/4  4.00 s/it  ETA 12s");
   EXPECT_EQ(ProgressBar::Render("x", 4, 4, 2.0, 4), "x [####] 4/4  2.00 it/s  2.0s");
   EXPECT_EQ(ProgressBar::Render("x", 0, 4, 0.0, 4), "x [----] 0/4");
+  // A phase first reported with 2 of 8 done: its rate counts from there, and at its first
+  // report there is none yet.
+  EXPECT_EQ(ProgressBar::Render("b", 2, 8, 0.0, 4, 2), "b [#---] 2/8");
+  EXPECT_EQ(ProgressBar::Render("b", 4, 8, 1.0, 4, 2), "b [##--] 4/8  2.00 it/s  ETA 2s");
 }
 
 TEST(ProgressBarTest, NonInteractiveOutputPrintsOneLinePerTenth) {
