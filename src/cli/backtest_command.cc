@@ -327,13 +327,14 @@ int RunBacktestCommand(const BacktestFlags& f, std::FILE* out) {
   params.drift_window = drift_window;
   params.interval_ms = *forecast::IntervalMillis(series->interval);
 
-  std::fprintf(out, "backtest: %s, %s %s bars from %s (%zu closed), origins %s .. %s, h 1..%d\n",
+  // The symbol is unknown for a file without one and no model or --symbol: then left out.
+  std::fprintf(out, "backtest: %s, %s%s bars from %s (%zu closed), origins %s .. %s, h 1..%d\n",
                loaded ? fmt::format("model {} ({}, kernel {})", meta.name, meta.precision,
                                     forecast::KernelName())
                             .c_str()
                       : "baselines only",
-               series->symbol.empty() ? "?" : series->symbol.c_str(), series->interval.c_str(),
-               series->source.c_str(), series->candles.size(),
+               series->symbol.empty() ? "" : (series->symbol + " ").c_str(),
+               series->interval.c_str(), series->source.c_str(), series->candles.size(),
                forecast::FormatUtcTimestamp(params.from_ms).c_str(),
                forecast::FormatUtcTimestamp(params.to_ms).c_str(), horizon);
   std::fflush(out);
