@@ -541,8 +541,9 @@ class Engine final : public LstmEngine {
           kernels::GemmI8(layer.q_hh, s.hq, batch, g, gp);
         }
       }
-      kernels::LstmCell(kernel_, g, gp, batch, h, c,
-                        &hs[static_cast<std::size_t>(t + 1) * batch * h], h);
+      kernels::LstmCell(
+          kernel_, g, gp, batch, h, c, &hs[static_cast<std::size_t>(t + 1) * batch * h], h,
+          precision_ == Precision::kInt8 ? kernels::CellMath::kFast : kernels::CellMath::kPrecise);
     }
   }
 

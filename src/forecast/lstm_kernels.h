@@ -84,9 +84,15 @@ void GemmI8(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int
 // the other packings on CPUs that lack their instructions).
 void GemmI8Portable(const PackedI8& w, const QuantizedCols& xq, int count, float* y, int ldy);
 
+// How the cell computes sigmoid and tanh. kPrecise: within 1e-6 of the exact functions (the
+// FP32 engine, which must match PyTorch). kFast: a lower-degree rational tanh, within 1.2e-4,
+// for the INT8 engine, whose 7-bit activations are coarser than that by two orders of magnitude
+// (a quantization step is 1/63 of a column's largest value).
+enum class CellMath { kPrecise, kFast };
+
 // The LSTM cell for `count` columns: gates g[n * ldg + {0, H, 2H, 3H} + j] (i, f, g, o) update
 // c[n * hidden + j] and write h[n * ldh + j].
 void LstmCell(Kernel kernel, const float* g, int ldg, int count, int hidden, float* c, float* h,
-              int ldh);
+              int ldh, CellMath math = CellMath::kPrecise);
 
 }  // namespace megaserve::forecast::kernels
