@@ -314,7 +314,13 @@ void RegisterForecastRoutes(net::Router& router, const ForecastsContext& ctx) {
     auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
     auto answer = [shared_reply](core::Result<forecast::Forecast> result) {
       if (!result.ok()) return (*shared_reply)(ForecastError(result.status(), ""));
-      (*shared_reply)(net::JsonResponse(200, forecast::ForecastJson(*result)));
+      // Written out by the I/O thread that sends it, not by the batcher's thread, which answers
+      // a whole batch one request after another before it can take the next batch.
+      net::Response r;
+      r.make_body = [f = std::make_shared<const forecast::Forecast>(std::move(*result))] {
+        return forecast::ForecastJson(*f);
+      };
+      (*shared_reply)(std::move(r));
     };
     if (auto warm = ctx.service->PrepareIfWarm(parsed->request); warm.ok()) {
       return ctx.service->Run(std::move(*warm), {}, answer);

@@ -543,6 +543,7 @@ void CacheFilter::OnResponse(Exchange& ex, net::Response& response) {
   auto state = std::static_pointer_cast<RequestState>(ex.state());
   if (state == nullptr) return;
   ex.state().reset();
+  response.ProduceBody();  // the entry and any collapsed followers need the text
   const RoutePolicy& policy = ex.policy();
   const std::int64_t now = Now();
   const bool shareable = !IsPrivate(response);

@@ -101,6 +101,7 @@ class Origin {
     int status = 200;
     std::string body;
     Headers headers;
+    bool lazy = false;  // the body through make_body
   };
 
   Origin() : worker_([this] { Run(); }) {}
@@ -128,7 +129,11 @@ class Origin {
       Answer a = answer(request, n);
       net::Response r;
       r.status = a.status;
-      r.body = std::move(a.body);
+      if (a.lazy) {
+        r.make_body = [body = std::move(a.body)] { return body; };
+      } else {
+        r.body = std::move(a.body);
+      }
       r.headers = std::move(a.headers);
       r.headers.emplace_back("X-Request-Id", "per-request");
       std::lock_guard lock(mu_);
@@ -340,6 +345,21 @@ TEST_F(CacheFilterTest, FreshHitThenMissAfterTtlWithAgeAndCacheStatus) {
   EXPECT_EQ(again.Body(), "v2");
   EXPECT_EQ(HeaderOf(again, "Cache-Status"), "megaserve; fwd=miss; fwd-status=200; stored");
   EXPECT_EQ(origin.calls.load(), 2);
+}
+
+// An origin that leaves its body to make_body is stored and served like any other.
+TEST_F(CacheFilterTest, BodyMadeLaterIsStored) {
+  Build();
+  origin.answer = [](const net::Request&, int n) {
+    return Origin::Answer{200, "lazy" + std::to_string(n), {{"Cache-Control", "max-age=60"}}, true};
+  };
+  net::Response first = Get();
+  EXPECT_EQ(first.Body(), "lazy1");
+  EXPECT_FALSE(first.make_body);
+  net::Response second = Get();
+  EXPECT_EQ(second.Body(), "lazy1");
+  EXPECT_EQ(origin.calls.load(), 1);
+  EXPECT_EQ(Counter("hit"), 1);
 }
 
 TEST_F(CacheFilterTest, QueryOrderAndOtherPathsSelectEntries) {

@@ -127,6 +127,12 @@ Response ErrorResponse(int status, std::string_view code, std::string_view messa
   return JsonResponse(status, std::string(sb.GetString(), sb.GetSize()));
 }
 
+void Response::ProduceBody() {
+  if (!make_body) return;
+  body = make_body();
+  make_body = nullptr;
+}
+
 Response JsonResponse(int status, std::string body) {
   Response r;
   r.status = status;

@@ -127,8 +127,16 @@ struct Response {
   // body fields are ignored), then this runs on the I/O thread with the writer for the body.
   // A client that disconnects, or a write stalled past server.write_timeout, ends the stream.
   std::function<void(std::shared_ptr<StreamWriter>)> stream;
+  // When set, makes the body in place of `body`, where it is needed: on the connection's I/O
+  // thread just before the response is written, or in a filter that reads the body (see
+  // ProduceBody). Lets a handler that answers from another thread, such as a model's batcher,
+  // leave the serialization to the I/O threads. Runs once.
+  std::function<std::string()> make_body;
 
+  // The body as set (make_body not run).
   std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }
+  // Runs make_body, if set, into body, and clears it.
+  void ProduceBody();
   // The value of the first header named `name` (case-insensitive) in headers, header_lines or
   // more_header_lines, or "" (for tests and filters; not a hot path).
   std::string_view HeaderValue(std::string_view name) const;

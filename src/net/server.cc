@@ -568,7 +568,9 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     if (r.close || !keep_alive_ || shared_.draining->load(std::memory_order_relaxed))
       close_after_ = true;
     bool head = req_.method == Method::kHead;
-    std::string_view body = r.stream ? std::string_view{} : r.Body();
+    std::string produced;  // make_body's text, made here on the I/O thread
+    std::string_view body;
+    if (!r.stream) body = r.make_body ? std::string_view(produced = r.make_body()) : r.Body();
     AppendHead(r, body.size());
     if (!head) out_.append(body);
     if (r.stream && !head) {

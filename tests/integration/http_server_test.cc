@@ -3,8 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
 #include <regex>
+#include <thread>
 
 #include "test_support.h"
 
@@ -253,6 +255,39 @@ net::SyncHandler Streamer(int count) {
     };
     return r;
   };
+}
+
+// A reply made on another thread with make_body: the body is made once, on an I/O thread (not
+// the replying one), and goes out with its length, on a connection that then carries on.
+TEST(LazyBodyTest, AnAsyncReplysBodyIsMadeOnTheIoThread) {
+  TestServer server;
+  std::atomic<int> made{0};
+  std::thread::id replier, maker;
+  server.router().AddAsync(net::Method::kGet, "/lazy", [&](const net::Request&, net::Reply reply) {
+    std::thread([&, reply] {
+      replier = std::this_thread::get_id();
+      net::Response r;
+      r.make_body = [&] {
+        made.fetch_add(1);
+        maker = std::this_thread::get_id();
+        return std::string(R"({"made":"late"})");
+      };
+      reply(std::move(r));
+    }).join();
+  });
+  server.Start();
+  RawClient c(server.port());
+  auto r = c.Roundtrip(Get("/lazy"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, R"({"made":"late"})");
+  EXPECT_EQ(r->Header("content-length"), "15");
+  EXPECT_EQ(made.load(), 1);
+  EXPECT_NE(maker, replier);
+  EXPECT_NE(maker, std::this_thread::get_id());
+  auto next = c.Roundtrip(Get("/healthz"));
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->status, 200);
 }
 
 TEST(StreamingTest, ChunksArriveInOrderThenTheConnectionServesTheNextRequest) {
