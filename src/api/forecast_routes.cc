@@ -307,7 +307,8 @@ void RegisterForecastRoutes(net::Router& router, const ForecastsContext& ctx) {
   // With the model loaded and the series' window fresh, the request goes from the I/O thread
   // straight to the model's batcher. Otherwise Prepare() may load the model and read candles
   // (blocking), so it runs on the pool. Either way the request then waits in the batcher,
-  // holding no thread, and the batcher's thread answers.
+  // holding no thread; the batcher's thread makes the Forecast and the connection's I/O thread
+  // writes its JSON.
   router.AddAsync(Method::kPost, "/v1/forecasts", [ctx](const Request& req, net::Reply reply) {
     auto parsed = std::make_shared<ParsedForecast>(ParseForecastRequest(req.body));
     if (parsed->error) return reply(std::move(*parsed->error));

@@ -18,9 +18,9 @@ namespace megaserve::api {
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 // A request body parsed into a rapidjson document whose first 1 KiB of values and 512 bytes of
-// parse stack live inside this object, so a small body parses without touching the heap:
-// rapidjson's default Document takes a 64 KiB chunk from it for the first value. A larger body
-// spills to the heap as usual.
+// parse stack live inside this object, so a small body parses without touching the heap
+// (rapidjson's default Document takes a 64 KiB chunk from the heap for its first value). A
+// larger body spills to the heap as usual.
 class SmallJsonBody {
  public:
   using Document = rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>,
