@@ -42,7 +42,9 @@
 #include <cassert>
 #include <cctype>
 #include <charconv>
+#include <csignal>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <random>
 
@@ -623,8 +625,23 @@ class RedisClient::Impl : public std::enable_shared_from_this<Impl> {
   std::vector<std::function<void(RedisClient&)>> ready_hooks_;
 };
 
+namespace {
+
+// hiredis writes with send(fd, ..., 0), without MSG_NOSIGNAL: a write to a Redis that has just
+// died raises SIGPIPE, whose default action ends the whole process (a gateway losing its Redis
+// under load would go down with it). The first client made turns SIGPIPE off for the process;
+// the other sockets here (Boost.Asio's, libpq's) already ask for EPIPE instead of the signal,
+// so nothing relies on it.
+void IgnoreSigpipe() {
+  static std::once_flag once;
+  std::call_once(once, [] { std::signal(SIGPIPE, SIG_IGN); });
+}
+
+}  // namespace
+
+// SIGPIPE is turned off before the connection is opened.
 RedisClient::RedisClient(asio::io_context& ioc, RedisOptions options, metrics::Registry* registry)
-    : impl_(std::make_shared<Impl>(ioc, std::move(options), registry, this)) {}
+    : impl_((IgnoreSigpipe(), std::make_shared<Impl>(ioc, std::move(options), registry, this))) {}
 
 RedisClient::~RedisClient() { impl_->Shutdown(); }
 

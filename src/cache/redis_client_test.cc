@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -235,6 +236,18 @@ TEST(RedisClientTest, FailsFastAndNotInlineWhenNotConnected) {
   EXPECT_FALSE(f.client().connected());
   EXPECT_TRUE(WaitFor([&] { return ErrorCount(registry, "connect") >= 1; }));
   EXPECT_GE(ErrorCount(registry, "unavailable"), 1);
+}
+
+// hiredis writes without MSG_NOSIGNAL, so a client must leave the process ignoring SIGPIPE: a
+// write to a Redis that just died would otherwise end the process
+// (GatewayRedisTest.RedisKilledUnderLoad... hits that race now and then).
+TEST(RedisClientTest, MakingAClientTurnsSigpipeOff) {
+  metrics::Registry registry;
+  ClientFixture f(OptionsFor("redis://127.0.0.1:" + std::to_string(testing::FreePort())),
+                  &registry);
+  struct sigaction current {};
+  ASSERT_EQ(sigaction(SIGPIPE, nullptr, &current), 0);
+  EXPECT_EQ(current.sa_handler, SIG_IGN);
 }
 
 TEST(RedisClientTest, MalformedUrlFailsEveryCommand) {
