@@ -92,53 +92,35 @@ double MedianMicros(const LstmEngine& engine, const std::vector<float>& inputs, 
   return us[us.size() / 2];
 }
 
-// "1,32" -> {1, 32}.
-std::vector<int> ParseList(const std::string& text) {
-  std::vector<int> values;
-  for (std::size_t pos = 0; pos < text.size();) {
-    const std::size_t comma = std::min(text.find(',', pos), text.size());
-    values.push_back(std::stoi(text.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
-  return values;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Times the native forecast engine (FP32 and INT8)"};
-  std::string model_path, write_path, batches_text = "1,32", clock = "wall", stat = "median",
-                                      threads_text = "1", precisions_text = "fp32,int8";
+  std::string model_path, write_path, clock = "wall", stat = "median";
+  std::vector<int> batches = {1, 32}, thread_counts = {1};
+  std::vector<std::string> precision_names = {"fp32", "int8"};
   uint32_t seed = 42;
   int reps = 300;
   double min_ms = 300;
   app.add_option("--model", model_path, "model .safetensors (FP32 or INT8)");
   app.add_option("--write-weights", write_path, "write the random FP32 weights here");
   app.add_option("--seed", seed, "seed of the random weights and inputs");
-  app.add_option("--batches", batches_text, "comma-separated batch sizes");
+  app.add_option("--batches", batches, "comma-separated batch sizes")->delimiter(',');
   app.add_option("--reps", reps, "timed calls per case (at least)");
   app.add_option("--min-ms", min_ms, "time per case (at least)");
   app.add_option("--clock", clock, "wall: elapsed time; cpu: the thread's CPU time")
       ->check(CLI::IsMember({"wall", "cpu"}));
   app.add_option("--stat", stat, "median: the median call; min: the fastest call")
       ->check(CLI::IsMember({"median", "min"}));
-  app.add_option("--threads", threads_text,
-                 "comma-separated EngineOptions::threads values to time (0: all cores)");
-  app.add_option("--precisions", precisions_text,
-                 "comma-separated precisions to time (fp32, int8)");
+  app.add_option("--threads", thread_counts,
+                 "comma-separated EngineOptions::threads values to time (0: all cores)")
+      ->delimiter(',');
+  app.add_option("--precisions", precision_names, "comma-separated precisions to time")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fp32", "int8"}));
   CLI11_PARSE(app, argc, argv);
   std::vector<Precision> precisions;
-  for (std::size_t pos = 0; pos <= precisions_text.size();) {
-    std::size_t comma = precisions_text.find(',', pos);
-    if (comma == std::string::npos) comma = precisions_text.size();
-    auto p = ParsePrecision(precisions_text.substr(pos, comma - pos));
-    if (!p.ok()) {
-      std::fprintf(stderr, "--precisions: %s\n", p.status().ToString().c_str());
-      return 1;
-    }
-    precisions.push_back(*p);
-    pos = comma + 1;
-  }
+  for (const std::string& name : precision_names) precisions.push_back(*ParsePrecision(name));
 
   ForecastModel model;
   Int8Matrices int8;
@@ -163,8 +145,6 @@ int main(int argc, char** argv) {
       }
     }
   }
-  const std::vector<int> batches = ParseList(batches_text);
-  const std::vector<int> thread_counts = ParseList(threads_text);
   const LstmShape& shape = model.weights.shape;
   std::printf("engine kernel %s\n", std::string(KernelName()).c_str());
   std::string used;

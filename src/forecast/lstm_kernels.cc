@@ -110,18 +110,19 @@ void GemmI8Generic(const PackedI8& w, const QuantizedCols& xq, int count, float*
   }
 }
 
-// Quantizes one column; returns its scale.
-template <typename T>
-float QuantizeColumn(const float* x, int cols, int kpad, int offset, T* q) {
+// Quantizes one column; returns its scale. Writes q as int8, or q + 128 in the same bytes when
+// `unsigned_bytes` (flipping a byte's sign bit adds 128), as QuantizeColsAvx2 does.
+float QuantizeColumn(const float* x, int cols, int kpad, bool unsigned_bytes, int8_t* q) {
   float m = 0;
   for (int k = 0; k < cols; ++k) m = std::max(m, std::fabs(x[k]));
   constexpr float kMax = kActivationMax;
   const float inv = m > 0 ? kMax / m : 0.0f;
+  const unsigned flip = unsigned_bytes ? 0x80 : 0;
+  auto byte = [flip](int v) { return static_cast<int8_t>(static_cast<uint8_t>(v) ^ flip); };
   for (int k = 0; k < cols; ++k) {
-    const float v = std::clamp(std::nearbyint(x[k] * inv), -kMax, kMax);
-    q[k] = static_cast<T>(static_cast<int>(v) + offset);
+    q[k] = byte(static_cast<int>(std::clamp(std::nearbyint(x[k] * inv), -kMax, kMax)));
   }
-  for (int k = cols; k < kpad; ++k) q[k] = static_cast<T>(offset);
+  for (int k = cols; k < kpad; ++k) q[k] = byte(0);
   return m / kMax;
 }
 
@@ -591,28 +592,25 @@ PackedI8 PackI8(Kernel kernel, const QuantizedMatrix& m) {
 void QuantizeCols(Kernel kernel, const float* x, int ldx, int count, int cols, int kpad,
                   QuantizedCols* out) {
   const std::size_t n = static_cast<std::size_t>(count) * kpad;
-  out->scale.resize(count);
-  if (kernel == Kernel::kAvx512Vnni) {
+  const bool vnni = kernel == Kernel::kAvx512Vnni;
+  int8_t* q;
+  if (vnni) {
     out->u8.resize(n);
-    // A CPU with VNNI has AVX2; tests quantize for the VNNI packing on any CPU.
-    static const bool avx2 = CpuSupports(Kernel::kAvx2);
-    if (avx2) {
-      return QuantizeColsAvx2(x, ldx, count, cols, kpad, true,
-                              reinterpret_cast<int8_t*>(out->u8.data()), out->scale.data());
-    }
-    for (int c = 0; c < count; ++c) {
-      out->scale[c] = QuantizeColumn<uint8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad,
-                                              128, &out->u8[static_cast<std::size_t>(c) * kpad]);
-    }
-    return;
+    q = reinterpret_cast<int8_t*>(out->u8.data());
+  } else {
+    out->s8.resize(n);
+    q = out->s8.data();
   }
-  out->s8.resize(n);
-  if (kernel == Kernel::kAvx2) {
-    return QuantizeColsAvx2(x, ldx, count, cols, kpad, false, out->s8.data(), out->scale.data());
+  out->scale.resize(count);
+  // The AVX2 routine also serves the VNNI packing (a CPU with VNNI has AVX2); tests quantize for
+  // every packing on any CPU.
+  static const bool avx2 = CpuSupports(Kernel::kAvx2);
+  if (kernel != Kernel::kGeneric && avx2) {
+    return QuantizeColsAvx2(x, ldx, count, cols, kpad, vnni, q, out->scale.data());
   }
   for (int c = 0; c < count; ++c) {
-    out->scale[c] = QuantizeColumn<int8_t>(x + static_cast<std::size_t>(c) * ldx, cols, kpad, 0,
-                                           &out->s8[static_cast<std::size_t>(c) * kpad]);
+    out->scale[c] = QuantizeColumn(x + static_cast<std::size_t>(c) * ldx, cols, kpad, vnni,
+                                   q + static_cast<std::size_t>(c) * kpad);
   }
 }
 
