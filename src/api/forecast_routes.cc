@@ -310,28 +310,34 @@ void RegisterForecastRoutes(net::Router& router, const ForecastsContext& ctx) {
   // holding no thread; the batcher's thread makes the Forecast and the connection's I/O thread
   // writes its JSON.
   router.AddAsync(Method::kPost, "/v1/forecasts", [ctx](const Request& req, net::Reply reply) {
-    auto parsed = std::make_shared<ParsedForecast>(ParseForecastRequest(req.body));
-    if (parsed->error) return reply(std::move(*parsed->error));
-    auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
-    auto answer = [shared_reply](core::Result<forecast::Forecast> result) {
-      if (!result.ok()) return (*shared_reply)(ForecastError(result.status(), ""));
+    ParsedForecast parsed = ParseForecastRequest(req.body);
+    if (parsed.error) return reply(std::move(*parsed.error));
+    // The warm path hands `reply` to the batcher as it is; only the pool's path shares it.
+    auto answer = [](net::Reply& to, core::Result<forecast::Forecast> result) {
+      if (!result.ok()) return to(ForecastError(result.status(), ""));
       // Written out by the I/O thread that sends it, not by the batcher's thread, which answers
       // a whole batch one request after another before it can take the next batch.
       net::Response r;
-      r.make_body = [f = std::make_shared<const forecast::Forecast>(std::move(*result))] {
-        return forecast::ForecastJson(*f);
-      };
-      (*shared_reply)(std::move(r));
+      r.make_body = [f = std::make_shared<const forecast::Forecast>(std::move(*result))](
+                        std::string& out) { forecast::AppendForecastJson(*f, out); };
+      to(std::move(r));
     };
-    if (auto warm = ctx.service->PrepareIfWarm(parsed->request); warm.ok()) {
-      return ctx.service->Run(std::move(*warm), {}, answer);
+    if (auto warm = ctx.service->PrepareIfWarm(parsed.request); warm.ok()) {
+      return ctx.service->Run(std::move(*warm), {},
+                              [answer, reply = std::move(reply)](auto result) mutable {
+                                answer(reply, std::move(result));
+                              });
     }
-    bool queued = ctx.pool->Submit([ctx, shared_reply, parsed, answer] {
-      std::string param;
-      auto prepared = ctx.service->Prepare(parsed->request, &param);
-      if (!prepared.ok()) return (*shared_reply)(ForecastError(prepared.status(), param));
-      ctx.service->Run(std::move(*prepared), {}, answer);
-    });
+    auto shared_reply = std::make_shared<net::Reply>(std::move(reply));
+    bool queued =
+        ctx.pool->Submit([ctx, shared_reply, request = std::move(parsed.request), answer] {
+          std::string param;
+          auto prepared = ctx.service->Prepare(request, &param);
+          if (!prepared.ok()) return (*shared_reply)(ForecastError(prepared.status(), param));
+          ctx.service->Run(std::move(*prepared), {}, [answer, shared_reply](auto result) {
+            answer(*shared_reply, std::move(result));
+          });
+        });
     if (!queued) {
       Response r = net::ErrorResponse(503, "overloaded", "too many requests waiting for a thread");
       r.headers.emplace_back("Retry-After", "1");

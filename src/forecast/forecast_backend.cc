@@ -145,6 +145,15 @@ core::Result<std::unique_ptr<ForecastBackendModel>> ForecastBackendModel::Load(
   return out;
 }
 
+ForecastBackendModel::ForecastBackendModel(std::unique_ptr<LstmEngine> engine, ModelInfo info,
+                                           std::string path)
+    : engine_(std::move(engine)), info_(std::move(info)), weights_path_(std::move(path)) {
+  // ReadModel keeps only a JSON object here, in compact text: "{}" is empty.
+  if (!info_.backtest_json.empty() && info_.backtest_json != "{}") {
+    skill_json_ = std::make_shared<const std::string>(info_.backtest_json);
+  }
+}
+
 std::size_t ForecastBackendModel::memory_bytes() const {
   return engine_->memory_bytes() + sizeof(*this) + info_.training_json.size() +
          info_.backtest_json.size();

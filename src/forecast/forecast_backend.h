@@ -64,6 +64,9 @@ class ForecastBackendModel final : public models::Model {
 
   const LstmShape& shape() const { return engine_->shape(); }
   const ModelInfo& info() const { return info_; }
+  // info().backtest_json when the model has been backtested, else null; shared by every
+  // Forecast that carries it.
+  const std::shared_ptr<const std::string>& skill_json() const { return skill_json_; }
   Precision precision() const { return engine_->precision(); }
   // The engine's kernel family ("avx512-vnni", "avx2", "generic").
   std::string_view kernel() const { return engine_->kernel(); }
@@ -71,11 +74,11 @@ class ForecastBackendModel final : public models::Model {
   const std::string& weights_path() const { return weights_path_; }
 
  private:
-  ForecastBackendModel(std::unique_ptr<LstmEngine> engine, ModelInfo info, std::string path)
-      : engine_(std::move(engine)), info_(std::move(info)), weights_path_(std::move(path)) {}
+  ForecastBackendModel(std::unique_ptr<LstmEngine> engine, ModelInfo info, std::string path);
 
   std::unique_ptr<LstmEngine> engine_;
   ModelInfo info_;
+  std::shared_ptr<const std::string> skill_json_;
   std::string weights_path_;
 };
 

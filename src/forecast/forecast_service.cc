@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <future>
 #include <iterator>
 #include <limits>
@@ -106,7 +107,7 @@ core::Result<PreparedForecast> ForecastService::PrepareIfWarm(const ForecastRequ
 
 core::Result<PreparedForecast> ForecastService::DoPrepare(const ForecastRequest& request,
                                                           std::string* param, bool warm_only) {
-  const core::Status cold = core::Unavailable("not warm");
+  const auto cold = [] { return core::Unavailable("not warm"); };
   std::string ignored;
   if (param == nullptr) param = &ignored;
   param->clear();
@@ -116,14 +117,14 @@ core::Result<PreparedForecast> ForecastService::DoPrepare(const ForecastRequest&
   };
 
   auto symbol = NormalizeSymbol(request.symbol);
-  if (!symbol.ok() && warm_only) return cold;
+  if (!symbol.ok() && warm_only) return cold();
   if (!symbol.ok()) {
     return fail("symbol", core::InvalidArgument(fmt::format("{}; symbols with a forecast model: {}",
                                                             symbol.status().message(),
                                                             JoinSymbols(Available()))));
   }
   auto interval_ms = IntervalMillis(request.interval);
-  if (!interval_ms.ok() && warm_only) return cold;
+  if (!interval_ms.ok() && warm_only) return cold();
   if (!interval_ms.ok()) {
     std::vector<ForecastSeries> series = Available();
     std::string intervals = IntervalsOf(series, *symbol);
@@ -138,13 +139,13 @@ core::Result<PreparedForecast> ForecastService::DoPrepare(const ForecastRequest&
   const std::string name = Lower(*symbol) + "-" + request.interval;
   auto handle =
       warm_only ? options_.repository->AcquireLoaded(name) : options_.repository->Acquire(name);
-  if (!handle.ok() && warm_only) return cold;
+  if (!handle.ok() && warm_only) return cold();
   const ForecastBackendModel* model = nullptr;
   if (handle.ok()) model = dynamic_cast<const ForecastBackendModel*>(&handle->model());
   if (!handle.ok() && handle.status().code() != core::StatusCode::kNotFound) {
     return handle.status();  // the model exists but cannot serve now
   }
-  if (model == nullptr && warm_only) return cold;
+  if (model == nullptr && warm_only) return cold();
   if (model == nullptr) {
     std::vector<ForecastSeries> series = Available();
     std::string intervals = IntervalsOf(series, *symbol);
@@ -193,7 +194,7 @@ core::Result<PreparedForecast> ForecastService::DoPrepare(const ForecastRequest&
   out.made_at_ms = NowMs();
   if (warm_only) {
     out.window = FreshWindow(name, *model, out.made_at_ms);
-    if (out.window == nullptr) return cold;
+    if (out.window == nullptr) return cold();
   } else {
     auto window = WindowFor(name, *model, *symbol, request.interval, *interval_ms, out.made_at_ms);
     if (!window.ok()) return window.status();
@@ -341,10 +342,7 @@ void ForecastService::Run(PreparedForecast prepared, const batching::SubmitOptio
                      step.prices.push_back(prices[(h - 1) * shape.num_quantiles + i]);
                    }
                  }
-                 // ReadModel keeps only a JSON object here, in compact text: "{}" is empty.
-                 if (!info.backtest_json.empty() && info.backtest_json != "{}") {
-                   f.skill_json = info.backtest_json;
-                 }
+                 f.skill_json = model.skill_json();
                  p->handle.reset();  // gives the model back before the caller's work
                  done(std::move(f));
                });
@@ -365,81 +363,121 @@ std::string QuantileKey(double q) {
   // "p" and the percentile as printf's %g writes it (6 significant digits, no trailing zeros).
   char text[48] = {'p'};
   const double percent = std::round(q * 1e6) / 1e4;
-  char* end =
-      std::to_chars(text + 1, text + sizeof(text), percent, std::chars_format::general, 6).ptr;
+  char* end;
+  if (percent >= 0 && percent <= 100 && percent == std::floor(percent)) {
+    // A whole percentile, the usual case, in the text %g gives it.
+    end = std::to_chars(text + 1, text + sizeof(text), static_cast<int>(percent)).ptr;
+  } else {
+    end = std::to_chars(text + 1, text + sizeof(text), percent, std::chars_format::general, 6).ptr;
+  }
   return {text, static_cast<std::size_t>(end - text)};
 }
 
 namespace {
 
-// The forecast answer's text, appended piece by piece into one presized string. rapidjson's
-// Writer checks and escapes every key at run time and allocates for each timestamp; here the
-// keys are literals copied as they are, with the punctuation around them, and only values are
-// formatted: strings escaped, numbers by std::to_chars (shortest text that reads back to the
-// same double; a whole number keeps a ".0", as rapidjson writes it, so that it stays a float for
-// clients that tell the two apart), timestamps through a stack buffer.
+// Appends the forecast answer's text to a string through a cursor. Each piece first makes sure
+// the string has room for its longest text and is then written in place: the keys are literals
+// copied with their punctuation at a size known when compiling, numbers are formatted straight
+// into the string by std::to_chars (shortest text that reads back to the same double; a whole
+// number keeps a ".0", as rapidjson writes it, so that it stays a float for clients that tell
+// the two apart), timestamps by core::Rfc3339To, and only strings are scanned for escapes.
 class AnswerText {
  public:
-  explicit AnswerText(std::size_t capacity) { out_.reserve(capacity); }
-
-  AnswerText& Raw(std::string_view text) {
-    out_.append(text);
-    return *this;
+  // `expected`: the text's likely length; the string grows past it when needed.
+  AnswerText(std::string& out, std::size_t expected) : out_(out) {
+    const std::size_t start = out_.size();
+    out_.resize(start + expected);
+    p_ = out_.data() + start;
   }
+  AnswerText(const AnswerText&) = delete;  // No copying allowed.
+  AnswerText& operator=(const AnswerText&) = delete;
+  // Cuts the string back to the text written.
+  ~AnswerText() { out_.resize(static_cast<std::size_t>(p_ - out_.data())); }
+
+  template <std::size_t N>
+  AnswerText& Raw(const char (&literal)[N]) {
+    return Copy(literal, N - 1);
+  }
+  AnswerText& Raw(std::string_view text) { return Copy(text.data(), text.size()); }
   AnswerText& String(std::string_view s) {
-    out_ += '"';
-    std::size_t plain = 0;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      const auto c = static_cast<unsigned char>(s[i]);
-      if (c >= 0x20 && c != '"' && c != '\\') continue;
-      out_.append(s.substr(plain, i - plain));
-      plain = i + 1;
-      if (c == '"' || c == '\\') {
-        out_ += '\\';
-        out_ += static_cast<char>(c);
+    static constexpr char kHex[] = "0123456789abcdef";
+    Room(2 + 6 * s.size());  // \u00XX at worst
+    *p_++ = '"';
+    for (char ch : s) {
+      const auto c = static_cast<unsigned char>(ch);
+      if (c >= 0x20 && c != '"' && c != '\\') {
+        *p_++ = ch;
+      } else if (c == '"' || c == '\\') {
+        *p_++ = '\\';
+        *p_++ = ch;
       } else {
-        fmt::format_to(std::back_inserter(out_), "\\u{:04x}", c);
+        p_ = std::copy_n("\\u00", 4, p_);
+        *p_++ = kHex[c >> 4];
+        *p_++ = kHex[c & 15];
       }
     }
-    out_.append(s.substr(plain));
-    out_ += '"';
+    *p_++ = '"';
     return *this;
   }
   AnswerText& Int(int64_t v) {
-    char text[24];
-    out_.append(text, std::to_chars(text, text + sizeof(text), v).ptr);
+    Room(kNumberRoom);
+    p_ = std::to_chars(p_, p_ + kNumberRoom, v).ptr;
     return *this;
   }
   AnswerText& Double(double v) {
     if (!std::isfinite(v)) return Raw("null");  // JSON has no NaN or infinity
-    char text[40];
-    char* end = std::to_chars(text, text + sizeof(text), v).ptr;
-    out_.append(text, end);
-    if (std::find_if(text, end, [](char c) { return c == '.' || c == 'e'; }) == end) {
-      out_.append(".0");
+    Room(kNumberRoom + 2);
+    char* start = p_;
+    p_ = std::to_chars(p_, p_ + kNumberRoom, v).ptr;
+    if (std::find_if(start, p_, [](char c) { return c == '.' || c == 'e'; }) == p_) {
+      *p_++ = '.';
+      *p_++ = '0';
     }
     return *this;
   }
-  AnswerText& Bool(bool v) { return Raw(v ? "true" : "false"); }
+  AnswerText& Bool(bool v) { return v ? Raw("true") : Raw("false"); }
   AnswerText& Time(int64_t ms) {
-    char text[core::kRfc3339Size];
-    out_ += '"';
-    out_.append(text, core::Rfc3339To(ms * 1000, text));
-    out_ += '"';
+    Room(core::kRfc3339Size + 2);
+    *p_++ = '"';
+    p_ += core::Rfc3339To(ms * 1000, p_);
+    *p_++ = '"';
     return *this;
   }
-  std::string Take() { return std::move(out_); }
 
  private:
-  std::string out_;
+  // The longest text std::to_chars writes for an int64_t or a double (shortest form).
+  static constexpr std::size_t kNumberRoom = 32;
+
+  AnswerText& Copy(const char* text, std::size_t n) {
+    Room(n);
+    std::memcpy(p_, text, n);
+    p_ += n;
+    return *this;
+  }
+  void Room(std::size_t n) {
+    const auto used = static_cast<std::size_t>(p_ - out_.data());
+    if (out_.size() - used >= n) return;
+    out_.resize(std::max(2 * out_.size(), used + n));
+    p_ = out_.data() + used;
+  }
+
+  std::string& out_;
+  char* p_;
 };
 
 }  // namespace
 
-std::string ForecastJson(const Forecast& f) {
-  // Sized for the whole text (about 600 bytes plus 250 a step plus the skill summary), so the
-  // string is not regrown and copied on the way.
-  AnswerText t(1024 + 256 * f.steps.size() + f.skill_json.size());
+std::string ForecastJson(const Forecast& forecast) {
+  std::string out;
+  AppendForecastJson(forecast, out);
+  return out;
+}
+
+void AppendForecastJson(const Forecast& f, std::string& out) {
+  // About 600 bytes plus 250 a step plus the skill summary: room for the whole text, so that
+  // the string grows once at most.
+  const std::size_t skill_size = f.skill_json ? f.skill_json->size() : 256;
+  AnswerText t(out, 1024 + 256 * f.steps.size() + skill_size);
   t.Raw(R"({"object":"forecast","symbol":)").String(f.symbol);
   t.Raw(R"(,"interval":)").String(f.interval);
   t.Raw(R"(,"horizon":)").Int(static_cast<int64_t>(f.steps.size()));
@@ -475,11 +513,13 @@ std::string ForecastJson(const Forecast& f) {
 
   // The prices' keys, "p10": ...
   std::vector<std::string> keys;  // short enough to need no allocation of their own
+  keys.reserve(f.quantiles.size());
   for (double q : f.quantiles) keys.push_back('"' + QuantileKey(q) + "\":");
   t.Raw(R"(},"steps":[)");
   for (std::size_t s = 0; s < f.steps.size(); ++s) {
     const ForecastStep& step = f.steps[s];
-    t.Raw(s == 0 ? R"({"h":)" : R"(,{"h":)").Int(step.h);
+    if (s > 0) t.Raw(",");
+    t.Raw(R"({"h":)").Int(step.h);
     t.Raw(R"(,"open_time":)").Time(step.open_time_ms);
     t.Raw(R"(,"open_time_ms":)").Int(step.open_time_ms);
     t.Raw(R"(,"close_time":)").Time(step.close_time_ms);
@@ -491,16 +531,15 @@ std::string ForecastJson(const Forecast& f) {
     t.Raw("}}");
   }
 
-  if (f.skill_json.empty()) {
+  if (!f.skill_json) {
     t.Raw(R"(],"skill":null,"skill_note":)")
         .String(
             "this model has not been backtested; run `megaserve backtest` to measure its skill "
             "against naive persistence");
   } else {
-    t.Raw(R"(],"skill":)").Raw(f.skill_json);
+    t.Raw(R"(],"skill":)").Raw(*f.skill_json);
   }
   t.Raw("}");
-  return t.Take();
 }
 
 }  // namespace megaserve::forecast

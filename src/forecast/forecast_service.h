@@ -87,9 +87,9 @@ struct Forecast {
   int64_t made_at_ms = 0;  // when the forecast was made
   DataFreshness data;
   std::vector<ForecastStep> steps;
-  // The model's last backtest summary (ModelInfo::backtest_json), or "" when it was never
-  // backtested.
-  std::string skill_json;
+  // The model's last backtest summary (ForecastBackendModel::skill_json), null when it was
+  // never backtested.
+  std::shared_ptr<const std::string> skill_json;
 };
 
 // A symbol and interval with a forecast model, for listings and error messages.
@@ -188,6 +188,8 @@ class ForecastService {
 
 // The forecast as its JSON API object (see api/openapi.json, Forecast).
 std::string ForecastJson(const Forecast& forecast);
+// The same text appended to `out`.
+void AppendForecastJson(const Forecast& forecast, std::string& out);
 
 // "p10" for 0.1, "p2.5" for 0.025: the key of a quantile in ForecastJson.
 std::string QuantileKey(double q);

@@ -119,7 +119,7 @@ TEST_F(ForecastServiceTest, ForecastsFromTheNewestWindowWithTimesAndFreshness) {
   EXPECT_FALSE(f.data.partial_bar);
   EXPECT_EQ(f.data.gap_bars, 0);
   EXPECT_EQ(f.data.first_open_ms, bars_[kBars - FirstValidRow() - TinyShape().window].open_time_ms);
-  EXPECT_TRUE(f.skill_json.empty());
+  EXPECT_EQ(f.skill_json, nullptr);
 
   std::vector<double> expected = Expected(bars_);
   ASSERT_EQ(f.steps.size(), 4u);
@@ -295,14 +295,15 @@ TEST_F(ForecastServiceTest, JsonCarriesSkillOrANote) {
   empty_backtest.info.backtest_json = "{}";
   testing::WriteModelDir(models_dir_, "btcusdt-4h", empty_backtest, false, true);
   ASSERT_TRUE(repository_->Load("btcusdt-4h").ok());
-  EXPECT_EQ(Ok({.symbol = "BTCUSDT", .interval = "4h"}).skill_json, "");
+  EXPECT_EQ(Ok({.symbol = "BTCUSDT", .interval = "4h"}).skill_json, nullptr);
 
   ForecastModel tested = model_;
   tested.info.backtest_json = R"({"origins":12,"horizons":[{"h":1,"skill_vs_persistence":-0.02}]})";
   testing::WriteModelDir(models_dir_, "btcusdt-4h", tested, false, true);
   ASSERT_TRUE(repository_->Load("btcusdt-4h").ok());
   Forecast with_skill = Ok({.symbol = "BTCUSDT", .interval = "4h"});
-  EXPECT_EQ(with_skill.skill_json, tested.info.backtest_json);
+  ASSERT_NE(with_skill.skill_json, nullptr);
+  EXPECT_EQ(*with_skill.skill_json, tested.info.backtest_json);
   json = ForecastJson(with_skill);
   d.Parse(json.c_str());
   ASSERT_FALSE(d.HasParseError()) << json;
@@ -416,11 +417,38 @@ TEST(ForecastJsonTest, EveryFieldReadsBack) {
   EXPECT_TRUE(d["skill"].IsNull());
 
   f.steps[0].prices[1] = std::numeric_limits<double>::quiet_NaN();
-  f.skill_json = R"({"origins":12})";
+  f.skill_json = std::make_shared<const std::string>(R"({"origins":12})");
   d.Parse<rapidjson::kParseFullPrecisionFlag>(ForecastJson(f).c_str());
   ASSERT_FALSE(d.HasParseError());
   EXPECT_TRUE(d["steps"][0]["prices"]["p50"].IsNull());
   EXPECT_EQ(d["skill"]["origins"].GetInt(), 12);
+}
+
+// AppendForecastJson keeps what the string held and writes the same text after it, also when
+// the text outgrows the room it first makes (here 99 quantiles a step).
+TEST(ForecastJsonTest, AppendsAfterTextAndGrowsPastItsEstimate) {
+  Forecast f;
+  f.symbol = "BTCUSDT";
+  f.interval = "1h";
+  f.model_name = "many";
+  f.kernel = "generic";
+  for (int q = 1; q <= 99; ++q) f.quantiles.push_back(q / 100.0);
+  for (int h = 1; h <= 2; ++h) {
+    std::vector<double> prices;
+    for (int q = 1; q <= 99; ++q) prices.push_back(90000.0 + h * 1000 + q / 7.0);
+    f.steps.push_back({h, h * 3'600'000LL, (h + 1) * 3'600'000LL, prices});
+  }
+  const std::string alone = ForecastJson(f);
+  EXPECT_GT(alone.size(), 1024u + 256 * 2 + 256);  // past AppendForecastJson's first estimate
+  std::string out = "prefix:";
+  AppendForecastJson(f, out);
+  EXPECT_EQ(out, "prefix:" + alone);
+  rapidjson::Document d;
+  d.Parse<rapidjson::kParseFullPrecisionFlag>(alone.c_str());
+  ASSERT_FALSE(d.HasParseError()) << alone;
+  ASSERT_EQ(d["steps"].Size(), 2u);
+  EXPECT_EQ(d["steps"][1]["prices"]["p99"].GetDouble(), f.steps[1].prices[98]);
+  EXPECT_EQ(d["steps"][1]["prices"].MemberCount(), 99u);
 }
 
 TEST(QuantileKeyTest, NamesPercentiles) {

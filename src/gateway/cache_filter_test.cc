@@ -130,7 +130,7 @@ class Origin {
       net::Response r;
       r.status = a.status;
       if (a.lazy) {
-        r.make_body = [body = std::move(a.body)] { return body; };
+        r.make_body = [body = std::move(a.body)](std::string& out) { out += body; };
       } else {
         r.body = std::move(a.body);
       }

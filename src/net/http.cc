@@ -129,7 +129,9 @@ Response ErrorResponse(int status, std::string_view code, std::string_view messa
 
 void Response::ProduceBody() {
   if (!make_body) return;
-  body = make_body();
+  std::string text;
+  make_body(text);
+  body = std::move(text);
   make_body = nullptr;
 }
 

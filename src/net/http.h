@@ -130,8 +130,9 @@ struct Response {
   // When set, makes the body in place of `body`, where it is needed: on the connection's I/O
   // thread just before the response is written, or in a filter that reads the body (see
   // ProduceBody). Lets a handler that answers from another thread, such as a model's batcher,
-  // leave the serialization to the I/O threads. Runs once.
-  std::function<std::string()> make_body;
+  // leave the serialization to the I/O threads. Appends the body's text to the string it is
+  // given, which the server reuses from one response to the next. Runs once.
+  std::function<void(std::string& out)> make_body;
 
   // The body as set (make_body not run).
   std::string_view Body() const { return shared_body ? std::string_view(*shared_body) : body; }

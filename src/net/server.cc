@@ -32,6 +32,8 @@ namespace {
 constexpr std::size_t kReadChunk = std::size_t{16} * 1024;
 // Responses to pipelined requests are batched up to this size before a write.
 constexpr std::size_t kMaxBatchedOutput = std::size_t{64} * 1024;
+// The most a worker keeps of the buffer lazy bodies are made in (Response::make_body).
+constexpr std::size_t kMaxKeptScratch = std::size_t{1} << 20;
 // How long a connection closed after an error keeps draining the client's unread bytes, so the
 // client reads our error response instead of a reset.
 constexpr std::chrono::milliseconds kLingerTime{1000};
@@ -222,6 +224,8 @@ class Server::Worker {
   }
 
   rapidjson::StringBuffer& log_buffer() { return log_buffer_; }
+  // Where Finish makes a response's lazy body (Response::make_body) before copying it out.
+  std::string& body_scratch() { return body_scratch_; }
 
  private:
   void Accept();
@@ -233,6 +237,7 @@ class Server::Worker {
   Connection* head_ = nullptr;  // intrusive list of open connections
   std::unordered_map<uint64_t, metrics::Counter*> counters_;
   rapidjson::StringBuffer log_buffer_;
+  std::string body_scratch_;
   std::time_t date_time_ = 0;
   char date_[40] = {};
   std::size_t date_len_ = 0;
@@ -568,9 +573,16 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     if (r.close || !keep_alive_ || shared_.draining->load(std::memory_order_relaxed))
       close_after_ = true;
     bool head = req_.method == Method::kHead;
-    std::string produced;  // make_body's text, made here on the I/O thread
     std::string_view body;
-    if (!r.stream) body = r.make_body ? std::string_view(produced = r.make_body()) : r.Body();
+    if (!r.stream && r.make_body) {
+      // Made here on the I/O thread, into a buffer that keeps its capacity between responses.
+      std::string& produced = worker_.body_scratch();
+      produced.clear();
+      r.make_body(produced);
+      body = produced;
+    } else if (!r.stream) {
+      body = r.Body();
+    }
     AppendHead(r, body.size());
     if (!head) out_.append(body);
     if (r.stream && !head) {
@@ -589,6 +601,10 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     parser_.reset();
     route_ = nullptr;
     SetDeadline(in_.size() > 0 ? State::kHead : State::kIdle, shared_.config.server.idle_timeout);
+    // A rare large lazy body does not pin its memory to the worker.
+    if (std::string& scratch = worker_.body_scratch(); scratch.capacity() > kMaxKeptScratch) {
+      std::string().swap(scratch);
+    }
   }
 
   void AppendHead(const Response& r, std::size_t body_size) {
