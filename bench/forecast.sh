@@ -31,16 +31,9 @@ done
 cmake --build "$build" --target megaserve forecast_bench >/dev/null
 [[ -x $bin && -x $build/forecast_bench ]] || { echo "missing $bin or forecast_bench" >&2; exit 1; }
 
-tmp=$(mktemp -d -t megaserve-forecast-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 source scripts/lib/throwaway.sh
 source bench/lib.sh
+scratch forecast-bench
 verdict() { awk -v x="$1" -v t="$2" 'BEGIN {print (x >= t) ? "ok" : "MISSED"}'; }
 summary=()
 report() {  # label value target

@@ -24,16 +24,9 @@ command -v wrk >/dev/null || { echo "missing wrk: run scripts/setup.sh" >&2; exi
 [[ -f $data ]] || { echo "missing $data (the 4h BTCUSDT candles)" >&2; exit 1; }
 ticks=$(getconf CLK_TCK)
 
-tmp=$(mktemp -d -t megaserve-forecast-ab.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 source scripts/lib/throwaway.sh
 source bench/lib.sh
+scratch forecast-ab
 
 home=$tmp/serve
 mkdir -p "$home/models"
@@ -82,8 +75,10 @@ echo "B: ${bins[1]}"
 printf '%-6s %12s %12s %14s %14s\n' round "A req/s" "B req/s" "A cpu us/req" "B cpu us/req"
 declare -a rps_ratio cpu_ratio a_rps b_rps a_cpu b_cpu
 for r in $(seq "$rounds"); do
-  read -r ar ac <<<"$(measure 0)"
-  read -r br bc <<<"$(measure 1)"
+  a=$(measure 0) || exit 1
+  b=$(measure 1) || exit 1
+  read -r ar ac <<<"$a"
+  read -r br bc <<<"$b"
   printf '%-6s %12s %12s %14s %14s\n' "$r" "$ar" "$br" "$ac" "$bc"
   a_rps+=("$ar"); b_rps+=("$br"); a_cpu+=("$ac"); b_cpu+=("$bc")
   rps_ratio+=("$(ratio "$br" "$ar")"); cpu_ratio+=("$(ratio "$bc" "$ac")")

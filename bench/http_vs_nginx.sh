@@ -19,18 +19,10 @@ for tool in wrk nginx curl; do
 done
 [[ -x $bin ]] || { echo "missing $bin: run make" >&2; exit 1; }
 
-tmp=$(mktemp -d -t megaserve-bench.XXXXXX)
-chmod 755 "$tmp"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
 source scripts/lib/throwaway.sh
 source bench/lib.sh
+scratch bench
+chmod 755 "$tmp"
 
 # --- megaserve: start-to-ready and idle memory -----------------------------------------------
 mport=$(free_port)

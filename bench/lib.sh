@@ -4,6 +4,8 @@
 #   wrk_checked ARGS...  runs wrk ARGS and prints its report; when any answer was not 2xx, prints
 #                        the report to stderr instead and returns 1, since the throughput of
 #                        error answers is not comparable
+#   scratch NAME         sets tmp to a new temporary folder named after NAME and pids to an empty
+#                        list; on exit, kills every process in pids and removes tmp
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -18,4 +20,16 @@ wrk_checked() {
     return 1
   fi
   echo "$out"
+}
+
+scratch() {
+  tmp=$(mktemp -d -t "megaserve-$1.XXXXXX")
+  pids=()
+  trap scratch_cleanup EXIT
+}
+
+scratch_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
 }
