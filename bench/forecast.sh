@@ -136,11 +136,7 @@ start() {  # name port config-file data-dir
   MEGASERVE_LOG_ACCESS=false "$bin" serve --config "$3" --listen "127.0.0.1:$port" \
     --data-dir "$4" 2>"$tmp/$name.log" &
   pids+=("$!")
-  local pid=$!
-  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
-    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; exit 1; }
-    sleep 0.01
-  done
+  wait_ready "$!" "$port" "$tmp/$name.log"
 }
 onport=$(free_port); offport=$(free_port); cport=$(free_port)
 start on "$onport" "$tmp/uncached.toml" "$home"

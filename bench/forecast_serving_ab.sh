@@ -51,10 +51,7 @@ for i in 0 1; do
   MEGASERVE_LOG_ACCESS=false "${bins[$i]}" serve --config "$tmp/uncached.toml" \
     --listen "127.0.0.1:$port" --data-dir "$tmp/home$i" 2>"$tmp/server$i.log" &
   pids+=("$!")
-  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
-    kill -0 "${pids[$i]}" 2>/dev/null || { cat "$tmp/server$i.log" >&2; exit 1; }
-    sleep 0.01
-  done
+  wait_ready "$!" "$port" "$tmp/server$i.log"
   ports+=("$port")
   wrk -t1 -c"$conns" -d1s -s "$tmp/post.lua" "http://127.0.0.1:$port/v1/forecasts" >/dev/null
 done

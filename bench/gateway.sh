@@ -52,11 +52,7 @@ start() {  # name port config-file subcommand
   MEGASERVE_LOG_ACCESS=false "$bin" "$cmd" --config "$conf" --listen "127.0.0.1:$port" \
     --data-dir "$tmp/$name" 2>"$tmp/$name.log" &
   pids+=("$!")
-  local pid=$!
-  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
-    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; exit 1; }
-    sleep 0.01
-  done
+  wait_ready "$!" "$port" "$tmp/$name.log"
 }
 
 cat > "$tmp/plain.toml" <<CONF

@@ -33,10 +33,7 @@ env "${access_env[@]}" "$bin" serve --listen "127.0.0.1:$mport" --data-dir "$tmp
   2>"$tmp/megaserve.log" &
 mpid=$!
 pids+=("$mpid")
-until curl -sf -o /dev/null "http://127.0.0.1:$mport/readyz"; do
-  kill -0 "$mpid" 2>/dev/null || { cat "$tmp/megaserve.log" >&2; exit 1; }
-  sleep 0.002
-done
+wait_ready "$mpid" "$mport" "$tmp/megaserve.log"
 t1=$(date +%s%N)
 ready_ms=$(( (t1 - t0) / 1000000 ))
 internal_ms=$(grep -o 'ready in [0-9.]* ms' "$tmp/megaserve.log" | grep -o '[0-9.]*' || echo "?")

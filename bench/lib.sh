@@ -4,6 +4,8 @@
 #   wrk_checked ARGS...  runs wrk ARGS and prints its report; when any answer was not 2xx, prints
 #                        the report to stderr instead and returns 1, since the throughput of
 #                        error answers is not comparable
+#   wait_ready PID PORT LOG  waits until the megaserve of PID answers 200 on /readyz at
+#                        127.0.0.1:PORT; if that process ends first, prints LOG and exits 1
 #   scratch NAME         sets tmp to a new temporary folder named after NAME and pids to an empty
 #                        list; on exit, kills every process in pids and removes tmp
 
@@ -32,4 +34,11 @@ scratch_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp"
+}
+
+wait_ready() {
+  until curl -sf -o /dev/null "http://127.0.0.1:$2/readyz"; do
+    kill -0 "$1" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.002
+  done
 }

@@ -45,13 +45,13 @@ void ProgressBar::Update(const std::string& phase, int done, int total) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (interactive_) {
     std::fprintf(out_, "\r%s\x1b[K",
-                 Render(phase, done, total, elapsed, 30, done_at_start_).c_str());
+                 Render(phase, done, total, elapsed, kWidth, done_at_start_).c_str());
     open_line_ = true;
   } else {
     const int decile = total > 0 ? 10 * std::clamp(done, 0, total) / total : 10;
     if (decile == last_decile_) return;
     last_decile_ = decile;
-    std::fprintf(out_, "%s\n", Render(phase, done, total, elapsed, 30, done_at_start_).c_str());
+    std::fprintf(out_, "%s\n", Render(phase, done, total, elapsed, kWidth, done_at_start_).c_str());
   }
   std::fflush(out_);
 }

@@ -23,11 +23,13 @@ class ProgressBar {
   // Ends the current bar's line (also done by the destructor and by a new phase).
   void Finish();
 
+  static constexpr int kWidth = 30;  // cells of the bar
+
   // The text of one bar, for tests: phase, bar of `width` cells, counts, rate and ETA. The rate
   // counts the units done since `done_at_start`, the count when the elapsed time began (a phase
   // whose first report already has units done must not count them as done in no time).
   static std::string Render(const std::string& phase, int done, int total, double elapsed_s,
-                            int width = 30, int done_at_start = 0);
+                            int width = kWidth, int done_at_start = 0);
 
  private:
   std::FILE* out_;

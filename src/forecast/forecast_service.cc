@@ -363,13 +363,8 @@ std::string QuantileKey(double q) {
   // "p" and the percentile as printf's %g writes it (6 significant digits, no trailing zeros).
   char text[48] = {'p'};
   const double percent = std::round(q * 1e6) / 1e4;
-  char* end;
-  if (percent >= 0 && percent <= 100 && percent == std::floor(percent)) {
-    // A whole percentile, the usual case, in the text %g gives it.
-    end = std::to_chars(text + 1, text + sizeof(text), static_cast<int>(percent)).ptr;
-  } else {
-    end = std::to_chars(text + 1, text + sizeof(text), percent, std::chars_format::general, 6).ptr;
-  }
+  char* end =
+      std::to_chars(text + 1, text + sizeof(text), percent, std::chars_format::general, 6).ptr;
   return {text, static_cast<std::size_t>(end - text)};
 }
 

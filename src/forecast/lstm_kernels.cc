@@ -339,14 +339,24 @@ MEGASERVE_AVX2 void QuantizeColsAvx2(const float* x, int ldx, int count, int col
   }
 }
 
+// x clamped to [-limit, limit].
+MEGASERVE_AVX2 inline __m256 ClampAvx2(__m256 x, float limit) {
+  return _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-limit)), _mm256_set1_ps(limit));
+}
+
+// p / q as p times a reciprocal estimate of q refined by one Newton step (r' = r (2 - q r)),
+// cheaper than a division.
+MEGASERVE_AVX2 inline __m256 DivideAvx2(__m256 p, __m256 q) {
+  const __m256 r = _mm256_rcp_ps(q);
+  return _mm256_mul_ps(p, _mm256_mul_ps(r, _mm256_fnmadd_ps(q, r, _mm256_set1_ps(2.0f))));
+}
+
 // tanh(x) as the rational function x P(x^2) / Q(x^2) of degrees 13 and 6 that Eigen uses for
 // float tanh (Eigen's generic_fast_tanh_float), on x clamped to +-7.9053 (beyond it tanh rounds
-// to +-1 within 3e-7); the division is a reciprocal estimate refined by one Newton step
-// (r' = r (2 - q r)), cheaper than a division. Absolute error below 4e-7 (LstmKernelsTest checks
+// to +-1 within 3e-7), divided by DivideAvx2. Absolute error below 4e-7 (LstmKernelsTest checks
 // it over [-30, 30]).
 MEGASERVE_AVX2 inline __m256 TanhAvx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-7.90531110763549805f)),
-                    _mm256_set1_ps(7.90531110763549805f));
+  x = ClampAvx2(x, 7.90531110763549805f);
   const __m256 x2 = _mm256_mul_ps(x, x);
   __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
   p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
@@ -360,14 +370,12 @@ MEGASERVE_AVX2 inline __m256 TanhAvx2(__m256 x) {
   q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
   q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
   q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
-  const __m256 r = _mm256_rcp_ps(q);
-  return _mm256_mul_ps(p, _mm256_mul_ps(r, _mm256_fnmadd_ps(q, r, _mm256_set1_ps(2.0f))));
+  return DivideAvx2(p, q);
 }
 
 // CellMath::kFast's tanh (FastTanh above), 8 lanes: 12 instructions against TanhAvx2's 17.
 MEGASERVE_AVX2 inline __m256 FastTanhAvx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-kFastTanhClamp)),
-                    _mm256_set1_ps(kFastTanhClamp));
+  x = ClampAvx2(x, kFastTanhClamp);
   const __m256 x2 = _mm256_mul_ps(x, x);
   const __m256 p = _mm256_mul_ps(
       _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kFastP2), x2, _mm256_set1_ps(kFastP1)), x2,
@@ -376,8 +384,7 @@ MEGASERVE_AVX2 inline __m256 FastTanhAvx2(__m256 x) {
   const __m256 q =
       _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kFastQ2), x2, _mm256_set1_ps(kFastQ1)), x2,
                       _mm256_set1_ps(1.0f));
-  const __m256 r = _mm256_rcp_ps(q);
-  return _mm256_mul_ps(p, _mm256_mul_ps(r, _mm256_fnmadd_ps(q, r, _mm256_set1_ps(2.0f))));
+  return DivideAvx2(p, q);
 }
 
 template <CellMath kMath>

@@ -8,15 +8,15 @@
 #include <random>
 
 #include "diffusion/safetensors.h"
+#include "store/test_util.h"
 
 namespace megaserve::forecast {
 namespace {
 
+// A file in one folder for this test program, removed when the program ends.
 std::filesystem::path TempPath(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("megaserve-lstm-model-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir / name;
+  static const store::testing::TempDir dir;
+  return dir.path() / name;
 }
 
 ForecastModel RandomModel(LstmShape shape = {}, uint32_t seed = 1) {
