@@ -6,6 +6,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <cstddef>
 #include <functional>
 #include <string_view>
 
@@ -17,10 +18,10 @@ namespace megaserve::api {
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
-// A request body parsed into a rapidjson document whose first 1 KiB of values and 512 bytes of
-// parse stack live inside this object, so a small body parses without touching the heap
-// (rapidjson's default Document takes a 64 KiB chunk from the heap for its first value). A
-// larger body spills to the heap as usual.
+// A request body parsed into a rapidjson document whose values and parse stack live in buffers
+// inside this object, so a small body parses without touching the heap (rapidjson's default
+// Document takes a 64 KiB chunk from the heap for its first value, and again for its parse
+// stack). A larger body spills to the heap as usual.
 class SmallJsonBody {
  public:
   using Document = rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>,
@@ -29,13 +30,26 @@ class SmallJsonBody {
   SmallJsonBody(const SmallJsonBody&) = delete;  // the allocators point into this object
   SmallJsonBody& operator=(const SmallJsonBody&) = delete;
   Document& doc() { return doc_; }
+  // True when parsing needed memory beyond the buffers inside this object.
+  bool spilled() const {
+    return value_allocator_.Capacity() > sizeof(values_) ||
+           stack_allocator_.Capacity() > sizeof(stack_);
+  }
 
  private:
+  // The parse stack's allocator serves two stacks: the document's (its values while parsing)
+  // and the reader's (rapidjson's 256 bytes for decoding one string). Each takes its whole
+  // initial capacity at once, and the allocator keeps its bookkeeping at the start of the
+  // buffer; when these do not fit, it takes a 64 KiB chunk from the heap.
+  static constexpr std::size_t kDocumentStack = 256;
+  static constexpr std::size_t kReaderStack = 256;  // rapidjson::Reader::kDefaultStackCapacity
+  static constexpr std::size_t kPoolHeader = 64;    // more than rapidjson's chunk header
+
   char values_[1024];
-  char stack_[512];
+  char stack_[kDocumentStack + kReaderStack + kPoolHeader];
   rapidjson::MemoryPoolAllocator<> value_allocator_{values_, sizeof(values_)};
   rapidjson::MemoryPoolAllocator<> stack_allocator_{stack_, sizeof(stack_)};
-  Document doc_{&value_allocator_, sizeof(stack_), &stack_allocator_};
+  Document doc_{&value_allocator_, kDocumentStack, &stack_allocator_};
 };
 
 // Writes "key": "value".
