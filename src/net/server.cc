@@ -370,37 +370,11 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     deadline_ = Clock::now() + d;
   }
 
+  // Reads with Asio's speculative read: the recv is tried at once and, when nothing is there
+  // yet (EAGAIN), the read waits on the socket's existing epoll registration. Waiting for
+  // readability first (async_wait) would cost an epoll_ctl call per request instead, as Asio
+  // re-arms the descriptor for every wait.
   void Read() {
-    // Between requests the next one has usually not arrived yet: wait for readability instead
-    // of trying a read that fails with EAGAIN first (saves a syscall per request). Mid-request,
-    // more bytes are likely there, so read at once.
-    if (state_ == State::kIdle) return WaitReadable();
-    ReadAsync();
-  }
-
-  void WaitReadable() {
-    socket_.async_wait(tcp::socket::wait_read,
-                       [self = shared_from_this()](boost::system::error_code ec) {
-                         if (ec) return self->OnRead(ec, 0);
-                         self->ReadNow();
-                       });
-  }
-
-  // Reads what the socket has; the socket is non-blocking, so this never waits.
-  void ReadNow() {
-    if (state_ == State::kClosed) return;
-    boost::system::error_code ec;
-    std::size_t n = 0;
-    try {
-      n = socket_.read_some(in_.prepare(kReadChunk), ec);
-    } catch (const std::length_error&) {
-      return Fail(431, "header_too_large", "request header fields too large");
-    }
-    if (ec == asio::error::would_block) return WaitReadable();
-    OnRead(ec, n);
-  }
-
-  void ReadAsync() {
     asio::mutable_buffer buf;
     try {
       buf = in_.prepare(kReadChunk);
