@@ -5,11 +5,11 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <optional>
 #include <sstream>
 #include <string_view>
@@ -178,20 +178,19 @@ std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
   rows.assign(inputs.size(), -1);
 
   // Identical inputs (clients asking for the same series at the same moment send the same
-  // window) share one row of the engine's batch.
-  thread_local std::vector<std::size_t> hashes;  // input index -> hash of its bytes
-  hashes.resize(inputs.size());
+  // window) share one row of the engine's batch. Each input is compared with the first input of
+  // every row so far: a batch holds few distinct windows, and two windows of different series
+  // or times differ in their first bytes, so a comparison costs less than hashing the input.
+  thread_local std::vector<std::size_t> firsts;  // row -> the input that made it
+  firsts.clear();
   std::vector<core::Result<std::string>> results;
   results.reserve(inputs.size());
   int batch = 0;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    hashes[i] = std::hash<std::string_view>{}(inputs[i]);
-    int same = -1;
-    for (std::size_t j = 0; j < i && same < 0; ++j) {
-      if (rows[j] >= 0 && hashes[j] == hashes[i] && inputs[j] == inputs[i]) same = rows[j];
-    }
-    if (same >= 0) {
-      rows[i] = same;
+    auto same = std::find_if(firsts.begin(), firsts.end(),
+                             [&](std::size_t j) { return inputs[j] == inputs[i]; });
+    if (same != firsts.end()) {
+      rows[i] = rows[*same];
       results.emplace_back(std::string());
       continue;
     }
@@ -199,6 +198,7 @@ std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
     core::Status s = ParseInput(inputs[i], dst);
     if (s.ok()) {
       rows[i] = batch++;
+      firsts.push_back(i);
       results.emplace_back(std::string());
     } else {
       results.emplace_back(std::move(s));
