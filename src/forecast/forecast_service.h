@@ -23,6 +23,7 @@
 // (QuantilesToPrices, backtest.h), so p10 <= p50 <= p90 always holds.
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -46,6 +47,11 @@ class ForecastBackendModel;
 // A series' encoded input window and its freshness (defined in forecast_service.cc).
 struct SeriesWindow;
 
+// A forecast's per-step and per-quantile lists, held inside their object up to four values (a
+// model has three quantiles by default), so that making a forecast allocates no list per step.
+template <typename T>
+using FewValues = boost::container::small_vector<T, 4>;
+
 struct ForecastRequest {
   std::string symbol;    // any case: "btcusdt" and "BTCUSDT" name one series
   std::string interval;  // one of IntervalNames()
@@ -67,17 +73,17 @@ struct DataFreshness {
 };
 
 struct ForecastStep {
-  int h = 0;                   // 1-based
-  int64_t open_time_ms = 0;    // of the forecast bar: last_open_ms + h * interval
-  int64_t close_time_ms = 0;   // open_time_ms + interval: when its close is known
-  std::vector<double> prices;  // one per Forecast::quantiles, ascending
+  int h = 0;                  // 1-based
+  int64_t open_time_ms = 0;   // of the forecast bar: last_open_ms + h * interval
+  int64_t close_time_ms = 0;  // open_time_ms + interval: when its close is known
+  FewValues<double> prices;   // one per Forecast::quantiles, ascending
 };
 
 struct Forecast {
   std::string symbol;  // upper case
   std::string interval;
   int64_t interval_ms = 0;
-  std::vector<double> quantiles;  // the selected ones, ascending
+  FewValues<double> quantiles;  // the selected ones, ascending
   std::string model_name;
   int model_version = 0;
   Precision precision = Precision::kInt8;
@@ -119,7 +125,7 @@ struct PreparedForecast {
   std::string interval;
   int64_t interval_ms = 0;
   int horizon = 0;
-  std::vector<int> quantile_index;  // into the model's quantiles, ascending
+  FewValues<int> quantile_index;  // into the model's quantiles, ascending
   int64_t made_at_ms = 0;
 };
 

@@ -110,7 +110,7 @@ TEST_F(ForecastServiceTest, ForecastsFromTheNewestWindowWithTimesAndFreshness) {
   EXPECT_EQ(f.model_version, 1);
   EXPECT_EQ(f.precision, Precision::kInt8);
   EXPECT_EQ(f.model_horizon, 4);
-  EXPECT_EQ(f.quantiles, (std::vector<double>{0.1, 0.5, 0.9}));
+  EXPECT_THAT(f.quantiles, ::testing::ElementsAre(0.1, 0.5, 0.9));
   const Candle& last = bars_.back();
   EXPECT_EQ(f.data.last_open_ms, last.open_time_ms);
   EXPECT_EQ(f.data.last_close_ms, last.open_time_ms + kFourHoursMs);
@@ -138,7 +138,7 @@ TEST_F(ForecastServiceTest, ForecastsFromTheNewestWindowWithTimesAndFreshness) {
 TEST_F(ForecastServiceTest, HorizonAndQuantilesSelectASubset) {
   Forecast all = Ok({.symbol = "BTCUSDT", .interval = "4h"});
   Forecast f = Ok({.symbol = "BTCUSDT", .interval = "4h", .horizon = 2, .quantiles = {0.9, 0.1}});
-  EXPECT_EQ(f.quantiles, (std::vector<double>{0.1, 0.9}));
+  EXPECT_THAT(f.quantiles, ::testing::ElementsAre(0.1, 0.9));
   ASSERT_EQ(f.steps.size(), 2u);
   for (int h = 0; h < 2; ++h) {
     ASSERT_EQ(f.steps[h].prices.size(), 2u);
@@ -372,7 +372,8 @@ TEST(ForecastJsonTest, EveryFieldReadsBack) {
       {0.1 + 0.2, 1e-7, 93890.78170658028}, {1e21, 5e-324, -0.0}, {2.0, 1.0 / 3, 123456789.0}};
   for (int h = 1; h <= 3; ++h) {
     f.steps.push_back({h, 1'767'700'800'000 + h * kFourHoursMs,
-                       1'767'700'800'000 + (h + 1) * kFourHoursMs, prices[h - 1]});
+                       1'767'700'800'000 + (h + 1) * kFourHoursMs,
+                       FewValues<double>(prices[h - 1].begin(), prices[h - 1].end())});
   }
   const std::string json = ForecastJson(f);
   rapidjson::Document d;
@@ -434,7 +435,7 @@ TEST(ForecastJsonTest, AppendsAfterTextAndGrowsPastItsEstimate) {
   f.kernel = "generic";
   for (int q = 1; q <= 99; ++q) f.quantiles.push_back(q / 100.0);
   for (int h = 1; h <= 2; ++h) {
-    std::vector<double> prices;
+    FewValues<double> prices;
     for (int q = 1; q <= 99; ++q) prices.push_back(90000.0 + h * 1000 + q / 7.0);
     f.steps.push_back({h, h * 3'600'000LL, (h + 1) * 3'600'000LL, prices});
   }
