@@ -5,6 +5,8 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -91,11 +93,11 @@ class Parser {
         const auto* s = value.as_string();
         if (!s) {
           Problem(value, name,
-                  "expected a duration string like \"5ms\", got " +
+                  "expected a duration string like \"5ms\" or \"250us\", got " +
                       std::string(core::DescribeTomlNode(value)));
           continue;
         }
-        auto d = core::ParseDuration(s->get());
+        auto d = ParseQueueDelay(s->get());
         if (!d.ok()) {
           Problem(value, name, d.status().message());
         } else {
@@ -185,6 +187,33 @@ class Parser {
 };
 
 }  // namespace
+
+core::Result<std::chrono::microseconds> ParseQueueDelay(std::string_view text) {
+  std::string_view t = text;
+  while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
+  while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+  if (t.ends_with("us")) {
+    std::string_view digits = t.substr(0, t.size() - 2);
+    int64_t us = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), us);
+    if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || us < 0) {
+      return core::InvalidArgument(
+          fmt::format("invalid duration \"{}\": expected a whole number of microseconds", text));
+    }
+    return std::chrono::microseconds(us);
+  }
+  auto d = core::ParseDuration(text);
+  if (!d.ok()) {
+    return core::InvalidArgument(
+        fmt::format("{} (or whole microseconds, e.g. \"250us\")", d.status().message()));
+  }
+  return std::chrono::duration_cast<std::chrono::microseconds>(*d);
+}
+
+std::string FormatQueueDelay(std::chrono::microseconds d) {
+  if (d.count() % 1000 != 0) return fmt::format("{}us", d.count());
+  return core::FormatDuration(std::chrono::duration_cast<core::Duration>(d));
+}
 
 core::Result<ModelConfig> ParseModelConfig(std::string_view text, const std::string& path) {
   try {
