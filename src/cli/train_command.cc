@@ -215,9 +215,13 @@ std::string ForecastModelConfig(int version) {
       "backend = \"forecast\"\n"
       "version = {}\n"
       "\n"
+      "# Requests for the same window share one engine row, so a batch costs about one batch-1\n"
+      "# run. A batch goes when it has 32 requests, or 16, or when its first request has\n"
+      "# waited 250us: a few clients are not held back, and many fill large batches.\n"
       "[batching]\n"
       "max_batch_size = 32\n"
-      "max_queue_delay = \"2ms\"\n",
+      "preferred_batch_sizes = [16]\n"
+      "max_queue_delay = \"250us\"\n",
       version);
 }
 

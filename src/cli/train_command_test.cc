@@ -49,7 +49,8 @@ TEST(TrainCommandTest, WritesAConfigTheRepositoryAccepts) {
   EXPECT_EQ(config->backend, "forecast");
   EXPECT_EQ(config->version, 3);
   EXPECT_EQ(config->batching.max_batch_size, 32);
-  EXPECT_EQ(config->batching.max_queue_delay, std::chrono::milliseconds(2));
+  EXPECT_EQ(config->batching.max_queue_delay, std::chrono::microseconds(250));
+  EXPECT_EQ(config->batching.preferred_batch_sizes, (std::vector<int>{16}));
 }
 
 TEST(TrainCommandTest, ParsesItsFlags) {
