@@ -160,12 +160,12 @@ std::size_t ForecastBackendModel::memory_bytes() const {
 }
 
 core::Result<std::string> ForecastBackendModel::Infer(std::string_view input) {
-  std::vector<std::string> one{std::string(input)};
+  std::vector<models::Input> one{models::Input(std::string(input))};
   return std::move(InferBatch(one).front());
 }
 
 std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
-    const std::vector<std::string>& inputs) {
+    const std::vector<models::Input>& inputs) {
   const LstmShape& shape = engine_->shape();
   const std::size_t in_size = static_cast<std::size_t>(shape.window) * shape.input_size;
   const std::size_t out_size = static_cast<std::size_t>(shape.outputs());
@@ -178,24 +178,28 @@ std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
   rows.assign(inputs.size(), -1);
 
   // Identical inputs (clients asking for the same series at the same moment send the same
-  // window) share one row of the engine's batch. Each input is compared with the first input of
-  // every row so far: a batch holds few distinct windows, and two windows of different series
-  // or times differ in their first bytes, so a comparison costs less than hashing the input.
+  // window, usually one shared copy of it) share one row of the engine's batch. Each input is
+  // compared with the first input of every row so far: a batch holds few distinct windows, a
+  // shared window compares equal by its address, and two windows of different series or times
+  // differ in their first bytes, so a comparison costs less than hashing the input.
   thread_local std::vector<std::size_t> firsts;  // row -> the input that made it
   firsts.clear();
   std::vector<core::Result<std::string>> results;
   results.reserve(inputs.size());
   int batch = 0;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    auto same = std::find_if(firsts.begin(), firsts.end(),
-                             [&](std::size_t j) { return inputs[j] == inputs[i]; });
+    const std::string_view input = inputs[i].view();
+    auto same = std::find_if(firsts.begin(), firsts.end(), [&](std::size_t j) {
+      const std::string_view first = inputs[j].view();
+      return first.size() == input.size() && (first.data() == input.data() || first == input);
+    });
     if (same != firsts.end()) {
       rows[i] = rows[*same];
       results.emplace_back(std::string());
       continue;
     }
     std::span<float> dst(in_buf.data() + batch * in_size, in_size);
-    core::Status s = ParseInput(inputs[i], dst);
+    core::Status s = ParseInput(input, dst);
     if (s.ok()) {
       rows[i] = batch++;
       firsts.push_back(i);
@@ -211,7 +215,7 @@ std::vector<core::Result<std::string>> ForecastBackendModel::InferBatch(
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     if (rows[i] < 0) continue;
     std::span<const float> out(out_buf.data() + rows[i] * out_size, out_size);
-    if (inputs[i].front() == kBinaryTag) {
+    if (inputs[i].view().front() == kBinaryTag) {
       std::string answer(1 + out_size * sizeof(float), kBinaryTag);
       std::memcpy(answer.data() + 1, out.data(), out_size * sizeof(float));
       *results[i] = std::move(answer);

@@ -60,7 +60,7 @@ class ForecastBackendModel final : public models::Model {
   core::Result<std::string> Infer(std::string_view input) override;
   // One engine run over the whole batch.
   std::vector<core::Result<std::string>> InferBatch(
-      const std::vector<std::string>& inputs) override;
+      const std::vector<models::Input>& inputs) override;
 
   const LstmShape& shape() const { return engine_->shape(); }
   const ModelInfo& info() const { return info_; }

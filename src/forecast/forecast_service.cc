@@ -300,7 +300,9 @@ core::Result<std::shared_ptr<const SeriesWindow>> ForecastService::BuildWindow(
 void ForecastService::Run(PreparedForecast prepared, const batching::SubmitOptions& options,
                           std::function<void(core::Result<Forecast>)> done) {
   auto p = std::make_shared<PreparedForecast>(std::move(prepared));
-  std::string input = p->window->input;
+  // The request shares the window's bytes (they live as long as the window) instead of copying
+  // them: every client asking for this series until the next bar sends the same window.
+  models::Input input(std::shared_ptr<const std::string>(p->window, &p->window->input));
   const models::ModelHandle& handle = *p->handle;
   handle.Infer(std::move(input), options,
                [p, done = std::move(done)](core::Result<std::string> answer) {

@@ -7,11 +7,10 @@
 
 namespace megaserve::models {
 
-std::vector<core::Result<std::string>> Model::InferBatch(
-    const std::vector<std::string>& inputs_json) {
+std::vector<core::Result<std::string>> Model::InferBatch(const std::vector<Input>& inputs) {
   std::vector<core::Result<std::string>> out;
-  out.reserve(inputs_json.size());
-  for (const std::string& input : inputs_json) out.push_back(Infer(input));
+  out.reserve(inputs.size());
+  for (const Input& input : inputs) out.push_back(Infer(input.view()));
   return out;
 }
 

@@ -17,6 +17,26 @@
 
 namespace megaserve::models {
 
+// The bytes of one request to a model. Owned (most requests), or shared with whoever made them:
+// many forecast requests carry the same window, and sharing it lets a request wait in a
+// batcher's queue without a copy. Converts implicitly from a string, so callers that have one
+// pass it as before.
+class Input {
+ public:
+  Input() = default;
+  Input(std::string bytes) : owned_(std::move(bytes)) {}  // NOLINT(google-explicit-constructor)
+  Input(const char* bytes) : owned_(bytes) {}             // NOLINT(google-explicit-constructor)
+  // Shares `bytes`, which must not change while this Input lives.
+  explicit Input(std::shared_ptr<const std::string> bytes) : shared_(std::move(bytes)) {}
+
+  std::string_view view() const { return shared_ ? std::string_view(*shared_) : owned_; }
+  operator std::string_view() const { return view(); }  // NOLINT(google-explicit-constructor)
+
+ private:
+  std::string owned_;
+  std::shared_ptr<const std::string> shared_;
+};
+
 // A loaded model. Infer() may be called from several threads at once.
 class Model {
  public:
@@ -31,8 +51,7 @@ class Model {
   // Runs one batch: one result per input, in order. The batcher calls this with the requests it
   // grouped; the default runs Infer() on each, and a backend that gains from batching (one
   // matrix product for all the inputs) overrides it.
-  virtual std::vector<core::Result<std::string>> InferBatch(
-      const std::vector<std::string>& inputs_json);
+  virtual std::vector<core::Result<std::string>> InferBatch(const std::vector<Input>& inputs);
 };
 
 // What a factory is given to load one model.

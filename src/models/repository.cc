@@ -16,7 +16,7 @@ namespace megaserve::models {
 // One loaded version of a model. Shared by the repository (while it serves) and the handles on
 // it, so a version swapped out by a reload lives until its last request is done.
 struct ModelHandle::Loaded {
-  using Batcher = batching::DynamicBatcher<std::string, std::string>;
+  using Batcher = batching::DynamicBatcher<Input, std::string>;
 
   std::string name;
   ModelConfig config;
@@ -56,7 +56,7 @@ struct ModelHandle::Loaded {
     o.registry = registry;
     Model* m = model.get();
     batcher = std::make_unique<Batcher>(
-        std::move(o), [m](std::vector<std::string>& inputs) { return m->InferBatch(inputs); });
+        std::move(o), [m](std::vector<Input>& inputs) { return m->InferBatch(inputs); });
   }
 };
 
@@ -126,9 +126,9 @@ const ModelConfig& ModelHandle::config() const { return loaded_->config; }
 int ModelHandle::version() const { return loaded_->config.version; }
 const std::string& ModelHandle::name() const { return loaded_->name; }
 
-void ModelHandle::Infer(std::string input_json, const batching::SubmitOptions& options,
+void ModelHandle::Infer(Input input, const batching::SubmitOptions& options,
                         std::function<void(core::Result<std::string>)> done) const {
-  loaded_->batcher->Submit(std::move(input_json), options, std::move(done));
+  loaded_->batcher->Submit(std::move(input), options, std::move(done));
 }
 
 void ModelHandle::Release() {

@@ -107,7 +107,7 @@ class ModelHandle {
   // retry_after_s, see batching::RetryAfterSeconds), kDeadlineExceeded past options.deadline,
   // kUnavailable while this version is being replaced or unloaded, or the backend's error. Keep
   // the handle until `done` runs: unload waits for it.
-  void Infer(std::string input_json, const batching::SubmitOptions& options,
+  void Infer(Input input, const batching::SubmitOptions& options,
              std::function<void(core::Result<std::string>)> done) const;
 
   // Gives the model back early; the handle is empty afterwards.

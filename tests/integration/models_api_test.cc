@@ -93,7 +93,7 @@ class ModelsApiTest : public ::testing::Test {
     std::size_t memory_bytes() const override { return 1; }
     core::Result<std::string> Infer(std::string_view input) override { return std::string(input); }
     std::vector<core::Result<std::string>> InferBatch(
-        const std::vector<std::string>& inputs) override {
+        const std::vector<models::Input>& inputs) override {
       std::unique_lock lock(gate_.mu);
       gate_.batch_sizes.push_back(inputs.size());
       ++gate_.waiting;
