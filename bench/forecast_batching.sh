@@ -39,17 +39,7 @@ source scripts/lib/throwaway.sh
 source bench/lib.sh
 scratch forecast-batching
 
-"$bin" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$tmp/store" >/dev/null
-cat > "$tmp/uncached.toml" <<CONF
-[[routes]]
-pattern = "/v1/forecasts"
-filters = []
-CONF
-cat > "$tmp/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"symbol":"BTCUSDT","interval":"4h","horizon":6}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
+forecast_fixture "$bin" "$tmp/store"
 names=()
 ports=()
 for i in "${!settings[@]}"; do

@@ -30,18 +30,8 @@ scratch forecast-ab
 
 home=$tmp/serve
 mkdir -p "$home/models"
-"${bins[0]}" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$home" >/dev/null
+forecast_fixture "${bins[0]}" "$home"
 cp -r "$MODEL" "$home/models/btcusdt-4h"
-cat > "$tmp/uncached.toml" <<CONF
-[[routes]]
-pattern = "/v1/forecasts"
-filters = []
-CONF
-cat > "$tmp/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"symbol":"BTCUSDT","interval":"4h","horizon":6}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
 ports=()
 for i in 0 1; do
   port=$(free_port)

@@ -8,6 +8,9 @@
 #                        127.0.0.1:PORT; if that process ends first, prints LOG and exits 1
 #   scratch NAME         sets tmp to a new temporary folder named after NAME and pids to an empty
 #                        list; on exit, kills every process in pids and removes tmp
+#   forecast_fixture BINARY DIR  imports the 4h candles of $data into a job store in DIR with
+#                        BINARY, and writes $tmp/uncached.toml (POST /v1/forecasts without the
+#                        gateway's filters) and $tmp/post.lua (wrk posting one BTCUSDT 4h request)
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -41,4 +44,18 @@ wait_ready() {
     kill -0 "$1" 2>/dev/null || { cat "$3" >&2; exit 1; }
     sleep 0.002
   done
+}
+
+forecast_fixture() {
+  "$1" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$2" >/dev/null
+  cat > "$tmp/uncached.toml" <<'CONF'
+[[routes]]
+pattern = "/v1/forecasts"
+filters = []
+CONF
+  cat > "$tmp/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"symbol":"BTCUSDT","interval":"4h","horizon":6}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
 }
