@@ -58,6 +58,7 @@ bench: release
 	bench/jobs_throughput.sh
 	bench/batching.sh
 	bench/gateway.sh
+	bench/forecast.sh
 	bench/diffusion.sh
 
 format:
