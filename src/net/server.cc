@@ -370,8 +370,8 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     deadline_ = Clock::now() + d;
   }
 
-  // Reads with Asio's speculative read: the recv is tried at once and, when nothing is there
-  // yet (EAGAIN), the read waits on the socket's existing epoll registration. Waiting for
+  // Reads with Asio's reactive read: the recv is tried at once unless the last one emptied the
+  // socket, and otherwise waits on the socket's standing epoll registration. Waiting for
   // readability first (async_wait) would cost an epoll_ctl call per request instead, as Asio
   // re-arms the descriptor for every wait.
   void Read() {
