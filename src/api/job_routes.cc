@@ -158,7 +158,7 @@ Response BadField(std::string_view code, std::string_view message, std::string_v
 constexpr std::array<std::string_view, 3> kWebhookEvents = {"start", "progress", "completed"};
 
 // Validates "webhook" and "webhook_events_filter" of a POST /v1/jobs body into `job`.
-std::optional<Response> ParseWebhook(const rapidjson::Document& d, const jobs::SsrfGuard* guard,
+std::optional<Response> ParseWebhook(const SmallJsonBody::Document& d, const jobs::SsrfGuard* guard,
                                      jobs::NewJob& job) {
   if (!d.HasMember("webhook")) {
     if (d.HasMember("webhook_events_filter")) {
@@ -231,8 +231,8 @@ std::optional<Response> ParseWebhook(const rapidjson::Document& d, const jobs::S
 ParsedJob ParseNewJob(const std::string& body, const jobs::Workers& workers,
                       const jobs::SsrfGuard* webhook_guard) {
   ParsedJob out;
-  rapidjson::Document d;
-  d.Parse(body.c_str(), body.size());
+  SmallJsonBody parsed(body);
+  const auto& d = parsed.doc();
   if (d.HasParseError() || !d.IsObject()) {
     out.error = BadField("invalid_json", "the body must be a JSON object", "");
     return out;

@@ -29,8 +29,8 @@ Response BadParam(std::string_view message, std::string_view param) {
 
 // The body of POST /v1/admin/keys, or the 400 that refuses it.
 std::variant<NewKey, Response> ParseNewKey(const std::string& body) {
-  rapidjson::Document d;
-  d.Parse(body.c_str(), body.size());
+  SmallJsonBody parsed(body);
+  const auto& d = parsed.doc();
   if (d.HasParseError() || !d.IsObject()) {
     return net::ErrorResponse(400, "invalid_json", "the body must be a JSON object");
   }

@@ -100,8 +100,8 @@ InferRequest ParseInferRequest(const std::string& body) {
     out.error = net::ErrorResponse(400, code, message, param);
     return out;
   };
-  rapidjson::Document d;
-  d.Parse(body.c_str(), body.size());
+  SmallJsonBody parsed(body);
+  const auto& d = parsed.doc();
   if (d.HasParseError() || !d.IsObject()) {
     return bad("invalid_json", "the body must be a JSON object", "");
   }
