@@ -175,12 +175,20 @@ class Workers::Impl {
 };
 
 void Workers::Impl::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (started_) return;
-  started_ = true;
-  subscription_ = queue_.Subscribe([this](const std::string& queue) {
+  // Subscribed before mu_ is taken: the queue calls its listeners (Wake, which takes mu_) while
+  // holding its own listeners' lock, so subscribing under mu_ would take the two locks in both
+  // orders, and an enqueue during Start() could deadlock.
+  const int subscription = queue_.Subscribe([this](const std::string& queue) {
     if (queue == options_.queue) Wake();
   });
+  std::unique_lock<std::mutex> lock(mu_);
+  if (started_) {
+    lock.unlock();
+    queue_.Unsubscribe(subscription);
+    return;
+  }
+  started_ = true;
+  subscription_ = subscription;
   auto listener = queue_.database().Listen(std::string(kJobsChannel));
   if (listener.ok()) {
     listener_ = std::move(*listener);
