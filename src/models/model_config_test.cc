@@ -49,7 +49,8 @@ TEST(ModelConfigTest, QueueDelayTakesMicrosecondsOrADuration) {
   EXPECT_EQ(*ParseQueueDelay(" 0us "), microseconds(0));
   EXPECT_EQ(*ParseQueueDelay("2ms"), microseconds(2000));
   EXPECT_EQ(*ParseQueueDelay("1s"), microseconds(1'000'000));
-  for (const char* bad : {"us", "-5us", "1.5us", "5 us", "abc", "5 parsecs"}) {
+  for (const char* bad :
+       {"us", "-5us", "1.5us", "5 us", "abc", "5 parsecs", "3600000000000001us"}) {
     auto d = ParseQueueDelay(bad);
     ASSERT_FALSE(d.ok()) << bad;
     EXPECT_THAT(d.status().message(), HasSubstr("invalid duration")) << bad;
