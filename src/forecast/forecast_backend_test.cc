@@ -131,7 +131,7 @@ TEST_F(ForecastBackendTest, BatchMatchesSingleRunsAndTheEngine) {
     if (i == 2) continue;
     ASSERT_TRUE(results[i].ok()) << results[i].status().ToString();
     std::vector<float> batched = Decode(*results[i]);
-    auto single = model.Infer(inputs[i]);
+    auto single = model.Infer(inputs[i].view());
     ASSERT_TRUE(single.ok());
     std::vector<float> alone = Decode(*single);
     for (int k = 0; k < TinyShape().outputs(); ++k) {

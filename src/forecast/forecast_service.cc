@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 #include <future>
-#include <iterator>
 #include <limits>
 
 #include "core/time_format.h"

@@ -23,14 +23,11 @@ namespace megaserve::models {
 // pass it as before.
 class Input {
  public:
-  Input() = default;
   Input(std::string bytes) : owned_(std::move(bytes)) {}  // NOLINT(google-explicit-constructor)
-  Input(const char* bytes) : owned_(bytes) {}             // NOLINT(google-explicit-constructor)
   // Shares `bytes`, which must not change while this Input lives.
   explicit Input(std::shared_ptr<const std::string> bytes) : shared_(std::move(bytes)) {}
 
   std::string_view view() const { return shared_ ? std::string_view(*shared_) : owned_; }
-  operator std::string_view() const { return view(); }  // NOLINT(google-explicit-constructor)
 
  private:
   std::string owned_;

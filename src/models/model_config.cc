@@ -203,8 +203,9 @@ core::Result<std::chrono::microseconds> ParseQueueDelay(std::string_view text) {
     // The longest duration megaserve.toml takes (1,000,000 h), which the batcher's nanosecond
     // clock still holds.
     constexpr int64_t kMaxUs = int64_t{1'000'000} * 3'600 * 1'000'000;
-    if (us > kMaxUs)
+    if (us > kMaxUs) {
       return core::InvalidArgument(fmt::format("invalid duration \"{}\": too large", text));
+    }
     return std::chrono::microseconds(us);
   }
   auto d = core::ParseDuration(text);

@@ -129,9 +129,8 @@ Response ErrorResponse(int status, std::string_view code, std::string_view messa
 
 void Response::ProduceBody() {
   if (!make_body) return;
-  std::string text;
-  make_body(text);
-  body = std::move(text);
+  body.clear();
+  make_body(body);
   make_body = nullptr;
 }
 
