@@ -86,7 +86,7 @@ echo
 echo "== model: train, backtest =="
 home=$tmp/serve
 mkdir -p "$home/models"
-"$bin" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$home"
+forecast_fixture "$bin" "$home"  # the candles, $tmp/uncached.toml and $tmp/post.lua
 if [[ -n ${MODEL:-} ]]; then
   cp -r "$MODEL" "$home/models/btcusdt-4h"
   echo "model: $MODEL (not retrained)"
@@ -114,11 +114,6 @@ cp -r "$home/models/btcusdt-4h" "$off/models/"
 sed -i 's/^max_batch_size *=.*/max_batch_size = 1/' "$off/models/btcusdt-4h/config.toml"
 grep -q '^max_batch_size = 1' "$off/models/btcusdt-4h/config.toml" ||
   { echo "could not turn batching off in the copied config.toml" >&2; exit 1; }
-cat > "$tmp/uncached.toml" <<CONF
-[[routes]]
-pattern = "/v1/forecasts"
-filters = []
-CONF
 # The cached server keeps the built-in filters of /v1/forecasts* (auth, rate limit, cache) but
 # lifts the rate limit: at its default (gateway.rate_limit per client) nearly every request of
 # one wrk client would be a 429, and /v1/status, the anchor, has no limit.
@@ -143,11 +138,6 @@ start on "$onport" "$tmp/uncached.toml" "$home"
 start off "$offport" "$tmp/uncached.toml" "$off"
 start cached "$cport" "$tmp/cached.toml" "$home"
 body='{"symbol":"BTCUSDT","interval":"4h","horizon":6}'
-cat > "$tmp/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Content-Type"] = "application/json"
-LUA
 for port in "$onport" "$offport" "$cport"; do
   code=$(curl -s -o "$tmp/check.out" -w '%{http_code}' -H 'Content-Type: application/json' \
     -d "$body" "http://127.0.0.1:$port/v1/forecasts")

@@ -44,7 +44,7 @@ __attribute__((destructor)) static void report(void) {
 C
 cc -O2 -shared -fPIC -o "$tmp/count.so" "$tmp/count.c"
 
-forecast_fixture "$1" "$tmp/store"
+forecast_fixture "$1" "$tmp/store" >/dev/null
 mkdir -p "$tmp/store/models"
 cp -r "$MODEL" "$tmp/store/models/btcusdt-4h"
 

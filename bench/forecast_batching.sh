@@ -39,7 +39,7 @@ source scripts/lib/throwaway.sh
 source bench/lib.sh
 scratch forecast-batching
 
-forecast_fixture "$bin" "$tmp/store"
+forecast_fixture "$bin" "$tmp/store" >/dev/null
 names=()
 ports=()
 for i in "${!settings[@]}"; do

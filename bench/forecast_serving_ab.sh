@@ -30,7 +30,7 @@ scratch forecast-ab
 
 home=$tmp/serve
 mkdir -p "$home/models"
-forecast_fixture "${bins[0]}" "$home"
+forecast_fixture "${bins[0]}" "$home" >/dev/null
 cp -r "$MODEL" "$home/models/btcusdt-4h"
 ports=()
 for i in 0 1; do

@@ -9,7 +9,7 @@
 #   scratch NAME         sets tmp to a new temporary folder named after NAME and pids to an empty
 #                        list; on exit, kills every process in pids and removes tmp
 #   forecast_fixture BINARY DIR  imports the 4h candles of $data into a job store in DIR with
-#                        BINARY, and writes $tmp/uncached.toml (POST /v1/forecasts without the
+#                        BINARY (printing the import's summary), and writes $tmp/uncached.toml (POST /v1/forecasts without the
 #                        gateway's filters) and $tmp/post.lua (wrk posting one BTCUSDT 4h request)
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -47,7 +47,7 @@ wait_ready() {
 }
 
 forecast_fixture() {
-  "$1" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$2" >/dev/null
+  "$1" data import "$data" --symbol BTCUSDT --interval 4h --data-dir "$2"
   cat > "$tmp/uncached.toml" <<'CONF'
 [[routes]]
 pattern = "/v1/forecasts"
