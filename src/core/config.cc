@@ -40,9 +40,12 @@ constexpr std::string_view kEnvPrefix = "MEGASERVE_";
 
 // MEGASERVE_* variables that are not configuration keys, so the environment layer must not reject
 // them: MEGASERVE_CONFIG names the config file (the caller reads it and fills
-// ConfigSources::file); MEGASERVE_BINARY and MEGASERVE_SOURCE_DIR are set by ctest for tests and
-// tools that need the built server or the source tree.
-constexpr std::string_view kAllowedEnvironment[] = {"MEGASERVE_CONFIG", "MEGASERVE_BINARY",
+// ConfigSources::file); MEGASERVE_TORCH_PLUGIN locates the libtorch plugin and
+// MEGASERVE_FORECAST_KERNEL picks the forecast engine's kernel (both read where they are used);
+// MEGASERVE_BINARY and MEGASERVE_SOURCE_DIR are set by ctest for tests and tools that need the
+// built server or the source tree.
+constexpr std::string_view kAllowedEnvironment[] = {"MEGASERVE_CONFIG", "MEGASERVE_TORCH_PLUGIN",
+                                                    "MEGASERVE_FORECAST_KERNEL", "MEGASERVE_BINARY",
                                                     "MEGASERVE_SOURCE_DIR"};
 
 // Durations above this are rejected so that converting them to nanoseconds cannot overflow.

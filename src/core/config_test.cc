@@ -373,6 +373,8 @@ TEST(ConfigTest, AllowedNonKeyEnvironmentVariables) {
   auto loaded = LoadConfig({.env = {{"MEGASERVE_CONFIG", "/etc/megaserve.toml"},
                                     {"MEGASERVE_BINARY", "/build/megaserve"},
                                     {"MEGASERVE_SOURCE_DIR", "/src"},
+                                    {"MEGASERVE_TORCH_PLUGIN", "/opt/libmegaserve_torch.so"},
+                                    {"MEGASERVE_FORECAST_KERNEL", "avx2"},
                                     {"HOME", "/root"},
                                     {"MEGASERVEX", "not ours"}}});
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
