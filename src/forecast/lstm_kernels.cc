@@ -35,8 +35,10 @@
 // All three INT8 kernels compute the same integers and the same final float operation, so their
 // outputs are identical bit for bit; the generic FP32 product uses std::fma in the same k order as
 // the AVX2 one for the same reason. Only the cell's sigmoid and tanh differ: the generic cell
-// calls the C library, the AVX2 one a rational approximation of tanh (absolute error below 4e-7,
-// sigmoid(x) = (1 + tanh(x / 2)) / 2), which needs no exponential and fewer instructions.
+// calls the C library, the SIMD ones a rational approximation of tanh (absolute error below 4e-7,
+// sigmoid(x) = (1 + tanh(x / 2)) / 2), which needs no exponential and fewer instructions; the
+// AVX-512 cell (16 lanes, for the VNNI kernel) differs from the AVX2 one (8 lanes) only in its
+// reciprocal estimate, which Newton's step refines.
 #include "forecast/lstm_kernels.h"
 
 #include <immintrin.h>
@@ -129,17 +131,17 @@ float QuantizeColumn(const float* x, int cols, int kpad, bool unsigned_bytes, in
 // CellMath::kFast's tanh: x P(x^2) / Q(x^2) with P of degree 2 and Q of degree 2 in x^2, on x
 // clamped to +-5, fitted to tanh on [0, 5] by iteratively reweighted least squares; absolute
 // error below 1.2e-4 everywhere, clamping included (LstmKernelsTest checks it over [-30, 30]).
-// The AVX2 version evaluates the same polynomials with FMAs.
+// The SIMD versions evaluate the same polynomials with FMAs. Coefficients from the highest power
+// of x^2 down.
 constexpr float kFastTanhClamp = 5.0f;
-constexpr float kFastP0 = 0.9999207632930479f, kFastP1 = 0.10286435635132107f,
-                kFastP2 = 0.0006854703900064513f;
-constexpr float kFastQ1 = 0.4358808489286813f, kFastQ2 = 0.012963736660116201f;
+constexpr float kFastP[] = {0.0006854703900064513f, 0.10286435635132107f, 0.9999207632930479f};
+constexpr float kFastQ[] = {0.012963736660116201f, 0.4358808489286813f, 1.0f};
 
 float FastTanh(float x) {
   x = std::clamp(x, -kFastTanhClamp, kFastTanhClamp);
   const float x2 = x * x;
-  const float p = std::fma(std::fma(kFastP2, x2, kFastP1), x2, kFastP0) * x;
-  const float q = std::fma(std::fma(kFastQ2, x2, kFastQ1), x2, 1.0f);
+  const float p = std::fma(std::fma(kFastP[0], x2, kFastP[1]), x2, kFastP[2]) * x;
+  const float q = std::fma(std::fma(kFastQ[0], x2, kFastQ[1]), x2, kFastQ[2]);
   return p / q;
 }
 
@@ -352,39 +354,36 @@ MEGASERVE_AVX2 inline __m256 DivideAvx2(__m256 p, __m256 q) {
 }
 
 // tanh(x) as the rational function x P(x^2) / Q(x^2) of degrees 13 and 6 that Eigen uses for
-// float tanh (Eigen's generic_fast_tanh_float), on x clamped to +-7.9053 (beyond it tanh rounds
-// to +-1 within 3e-7), divided by DivideAvx2. Absolute error below 4e-7 (LstmKernelsTest checks
-// it over [-30, 30]).
+// float tanh (Eigen's generic_fast_tanh_float), on x clamped to +-kTanhClamp (beyond it tanh
+// rounds to +-1 within 3e-7), divided by DivideAvx2. Absolute error below 4e-7 (LstmKernelsTest
+// checks it over [-30, 30]). Coefficients from the highest power down, for Horner's rule.
+constexpr float kTanhClamp = 7.90531110763549805f;
+constexpr float kTanhP[] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                            5.12229709037114e-08f,  1.48572235717979e-05f, 6.37261928875436e-04f,
+                            4.89352455891786e-03f};
+constexpr float kTanhQ[] = {1.19825839466702e-06f, 1.18534705686654e-04f, 2.26843463243900e-03f,
+                            4.89352518554385e-03f};
+
+// Horner's rule over coefficients c[0] (highest power) .. c[N - 1] (constant), 8 lanes.
+template <std::size_t N>
+MEGASERVE_AVX2 inline __m256 HornerAvx2(const float (&c)[N], __m256 x) {
+  __m256 acc = _mm256_set1_ps(c[0]);
+#pragma GCC unroll 8
+  for (std::size_t i = 1; i < N; ++i) acc = _mm256_fmadd_ps(acc, x, _mm256_set1_ps(c[i]));
+  return acc;
+}
+
 MEGASERVE_AVX2 inline __m256 TanhAvx2(__m256 x) {
-  x = ClampAvx2(x, 7.90531110763549805f);
+  x = ClampAvx2(x, kTanhClamp);
   const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
-  p = _mm256_mul_ps(p, x);
-  __m256 q = _mm256_set1_ps(1.19825839466702e-06f);
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
-  return DivideAvx2(p, q);
+  return DivideAvx2(_mm256_mul_ps(HornerAvx2(kTanhP, x2), x), HornerAvx2(kTanhQ, x2));
 }
 
 // CellMath::kFast's tanh (FastTanh above), 8 lanes: 12 instructions against TanhAvx2's 17.
 MEGASERVE_AVX2 inline __m256 FastTanhAvx2(__m256 x) {
   x = ClampAvx2(x, kFastTanhClamp);
   const __m256 x2 = _mm256_mul_ps(x, x);
-  const __m256 p = _mm256_mul_ps(
-      _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kFastP2), x2, _mm256_set1_ps(kFastP1)), x2,
-                      _mm256_set1_ps(kFastP0)),
-      x);
-  const __m256 q =
-      _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kFastQ2), x2, _mm256_set1_ps(kFastQ1)), x2,
-                      _mm256_set1_ps(1.0f));
-  return DivideAvx2(p, q);
+  return DivideAvx2(_mm256_mul_ps(HornerAvx2(kFastP, x2), x), HornerAvx2(kFastQ, x2));
 }
 
 template <CellMath kMath>
@@ -489,6 +488,63 @@ MEGASERVE_VNNI void GemmI8Vnni(const PackedI8& w, const QuantizedCols& xq, int c
     rb = 0;
     for (; rb + 8 <= blocks; rb += 8) TileI8Vnni<8, 1>(w, rb, xq, n, y, ldy);
     for (; rb < blocks; ++rb) TileI8Vnni<1, 1>(w, rb, xq, n, y, ldy);
+  }
+}
+
+// The cell on 16 lanes (hidden a multiple of 16): the AVX2 cell's functions and polynomials, with
+// _mm512_rcp14_ps's reciprocal estimate (relative error 2^-14, against _mm256_rcp_ps's
+// 1.5 * 2^-12) refined by the same Newton step: half the instructions of the AVX2 cell.
+MEGASERVE_VNNI inline __m512 Clamp512(__m512 x, float limit) {
+  return _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-limit)), _mm512_set1_ps(limit));
+}
+
+MEGASERVE_VNNI inline __m512 Divide512(__m512 p, __m512 q) {
+  const __m512 r = _mm512_rcp14_ps(q);
+  return _mm512_mul_ps(p, _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f))));
+}
+
+template <std::size_t N>
+MEGASERVE_VNNI inline __m512 Horner512(const float (&c)[N], __m512 x) {
+  __m512 acc = _mm512_set1_ps(c[0]);
+#pragma GCC unroll 8
+  for (std::size_t i = 1; i < N; ++i) acc = _mm512_fmadd_ps(acc, x, _mm512_set1_ps(c[i]));
+  return acc;
+}
+
+template <CellMath kMath>
+MEGASERVE_VNNI inline __m512 TanhOf512(__m512 x) {
+  constexpr bool fast = kMath == CellMath::kFast;
+  x = Clamp512(x, fast ? kFastTanhClamp : kTanhClamp);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  if constexpr (fast) {
+    return Divide512(_mm512_mul_ps(Horner512(kFastP, x2), x), Horner512(kFastQ, x2));
+  } else {
+    return Divide512(_mm512_mul_ps(Horner512(kTanhP, x2), x), Horner512(kTanhQ, x2));
+  }
+}
+
+template <CellMath kMath>
+MEGASERVE_VNNI inline __m512 SigmoidOf512(__m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  return _mm512_fmadd_ps(half, TanhOf512<kMath>(_mm512_mul_ps(half, x)), half);
+}
+
+template <CellMath kMath>
+MEGASERVE_VNNI void LstmCellAvx512(const float* g, int ldg, int count, int hidden, float* c,
+                                   float* h, int ldh) {
+  for (int n = 0; n < count; ++n) {
+    const float* gc = g + static_cast<std::size_t>(n) * ldg;
+    float* cc = c + static_cast<std::size_t>(n) * hidden;
+    float* hc = h + static_cast<std::size_t>(n) * ldh;
+    for (int j = 0; j < hidden; j += 16) {
+      const __m512 i = SigmoidOf512<kMath>(_mm512_loadu_ps(gc + j));
+      const __m512 f = SigmoidOf512<kMath>(_mm512_loadu_ps(gc + hidden + j));
+      const __m512 gg = TanhOf512<kMath>(_mm512_loadu_ps(gc + 2 * hidden + j));
+      const __m512 o = SigmoidOf512<kMath>(_mm512_loadu_ps(gc + 3 * hidden + j));
+      const __m512 cn = _mm512_fmadd_ps(f, _mm512_loadu_ps(cc + j), _mm512_mul_ps(i, gg));
+      _mm512_storeu_ps(cc + j, cn);
+      _mm512_storeu_ps(hc + j, _mm512_mul_ps(o, TanhOf512<kMath>(cn)));
+    }
   }
 }
 
@@ -640,6 +696,10 @@ void GemmI8Portable(const PackedI8& w, const QuantizedCols& xq, int count, float
 void LstmCell(Kernel kernel, const float* g, int ldg, int count, int hidden, float* c, float* h,
               int ldh, CellMath math) {
   const bool fast = math == CellMath::kFast;
+  if (kernel == Kernel::kAvx512Vnni && hidden % 16 == 0) {
+    return fast ? LstmCellAvx512<CellMath::kFast>(g, ldg, count, hidden, c, h, ldh)
+                : LstmCellAvx512<CellMath::kPrecise>(g, ldg, count, hidden, c, h, ldh);
+  }
   if (kernel != Kernel::kGeneric && hidden % 8 == 0) {
     return fast ? LstmCellAvx2<CellMath::kFast>(g, ldg, count, hidden, c, h, ldh)
                 : LstmCellAvx2<CellMath::kPrecise>(g, ldg, count, hidden, c, h, ldh);

@@ -60,8 +60,9 @@ TEST(LstmKernelsTest, Fp32MatchesNaiveAndKernelsAreBitIdentical) {
 }
 
 TEST(LstmKernelsTest, QuantizeColsIsSymmetricPerColumn) {
-  // H = 64, the input features (7), and a length that leaves a partial 8-lane block.
-  for (const int cols : {64, 7, 13}) {
+  // H = 64, the input features (7), and lengths that leave a partial 8-lane block, alone (13) and
+  // after several full ones (37).
+  for (const int cols : {64, 7, 13, 37}) {
     const int count = 9, ldx = cols + 6, kpad = (cols + 7) / 8 * 8;
     auto x = Random(static_cast<std::size_t>(count) * ldx, 4);
     for (int k = 0; k < cols; ++k) x[ldx + k] = 0;  // an all-zero column
@@ -90,10 +91,12 @@ TEST(LstmKernelsTest, QuantizeColsIsSymmetricPerColumn) {
       EXPECT_EQ(q.scale, reference.scale) << Name(k) << " cols " << cols;
     }
     QuantizedCols vnni;
+    vnni.u8.assign(static_cast<std::size_t>(count) * kpad, 99);  // padding must be rewritten
     QuantizeCols(Kernel::kAvx512Vnni, x.data(), ldx, count, cols, kpad, &vnni);
     for (std::size_t i = 0; i < vnni.u8.size(); ++i) {
       ASSERT_EQ(vnni.u8[i], reference.s8[i] + 128) << cols;
     }
+    EXPECT_EQ(vnni.scale, reference.scale) << cols;
   }
 }
 
@@ -200,8 +203,8 @@ TEST(LstmKernelsTest, CellMatchesFormula) {
 // The SIMD cells approximate sigmoid and tanh (lstm_kernels.cc); sweep every gate over [-30, 30],
 // past the approximations' clamping points, and compare with double precision.
 TEST(LstmKernelsTest, CellNonlinearitiesHoldOverTheWholeRange) {
-  const int hidden = 8, ldg = PaddedRows(4 * hidden);
-  const int count = 6001;  // gate values -30, -29.99, ..., 30
+  const int hidden = 16, ldg = PaddedRows(4 * hidden);  // 16: every SIMD cell takes it
+  const int count = 6001;                               // gate values -30, -29.99, ..., 30
   std::vector<float> g(static_cast<std::size_t>(count) * ldg, 0.0f);
   for (int n = 0; n < count; ++n) {
     for (int j = 0; j < 4 * hidden; ++j) {
@@ -235,7 +238,9 @@ TEST(LstmKernelsTest, CellNonlinearitiesHoldOverTheWholeRange) {
       worst_fast = std::max({worst_fast, worst_c, worst_h});
     }
     // The fast functions are really the cheaper ones, not the precise ones by another name.
-    if (math == CellMath::kFast) EXPECT_GT(worst_fast, 1e-5);
+    if (math == CellMath::kFast) {
+      EXPECT_GT(worst_fast, 1e-5);
+    }
   }
 }
 
