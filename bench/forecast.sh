@@ -7,10 +7,12 @@
 #   batching  uncached POST /v1/forecasts with CONNECTIONS concurrent clients, the model's
 #             batcher on (max_batch_size 32) against off (max_batch_size 1)
 #   cached    POST /v1/forecasts answered by the response cache against GET /v1/status
-# Throughput pairs run back to back ROUNDS times, the engine against PyTorch ENGINE_ROUNDS times;
-# each ratio is the median of the rounds' ratios.
+# Throughput pairs run back to back ROUNDS times, in the opposite order every other round, the
+# engine against PyTorch ENGINE_ROUNDS times; each ratio is the median of the rounds' ratios.
+# On a shared machine one round's ratio can be off by 15% either way even when its two halves run
+# a second apart, so the pairs are many and short rather than few and long.
 #   bench/forecast.sh [BUILD_DIR]      (default build/release)
-# Environment: ROUNDS (5), ENGINE_ROUNDS (5), DURATION (3s), CONNECTIONS (64), DATA (the 4h
+# Environment: ROUNDS (15), ENGINE_ROUNDS (5), DURATION (1s), CONNECTIONS (64), DATA (the 4h
 #   candles file),
 #   MODEL (an already trained model folder: skips training), EPOCHS (the trainer's default).
 # PyTorch runs with its own OpenBLAS settings: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset
@@ -19,9 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/release}
 bin=$build/megaserve
-rounds=${ROUNDS:-5}
+rounds=${ROUNDS:-15}
 engine_rounds=${ENGINE_ROUNDS:-5}
-duration=${DURATION:-3s}
+duration=${DURATION:-1s}
 conns=${CONNECTIONS:-64}
 data=${DATA:-../shared/data/btcusdt_spot_4h.csv}
 for tool in wrk curl; do
@@ -156,10 +158,18 @@ done
 declare -a on_off cached_status
 printf '%-6s %14s %14s %14s %14s\n' round "batching on" "batching off" "cached" "/v1/status"
 for r in $(seq "$rounds"); do
-  a=$(run_wrk "http://127.0.0.1:$onport/v1/forecasts" -s "$tmp/post.lua")
-  b=$(run_wrk "http://127.0.0.1:$offport/v1/forecasts" -s "$tmp/post.lua")
-  c=$(run_wrk "http://127.0.0.1:$cport/v1/forecasts" -s "$tmp/post.lua")
-  s=$(run_wrk "http://127.0.0.1:$cport/v1/status")
+  # Odd rounds measure each pair's first member first, even rounds its second.
+  if ((r % 2)); then
+    a=$(run_wrk "http://127.0.0.1:$onport/v1/forecasts" -s "$tmp/post.lua")
+    b=$(run_wrk "http://127.0.0.1:$offport/v1/forecasts" -s "$tmp/post.lua")
+    c=$(run_wrk "http://127.0.0.1:$cport/v1/forecasts" -s "$tmp/post.lua")
+    s=$(run_wrk "http://127.0.0.1:$cport/v1/status")
+  else
+    b=$(run_wrk "http://127.0.0.1:$offport/v1/forecasts" -s "$tmp/post.lua")
+    a=$(run_wrk "http://127.0.0.1:$onport/v1/forecasts" -s "$tmp/post.lua")
+    s=$(run_wrk "http://127.0.0.1:$cport/v1/status")
+    c=$(run_wrk "http://127.0.0.1:$cport/v1/forecasts" -s "$tmp/post.lua")
+  fi
   printf '%-6s %14s %14s %14s %14s\n' "$r" "$a" "$b" "$c" "$s"
   on_off+=("$(ratio "$a" "$b")")
   cached_status+=("$(ratio "$c" "$s")")
