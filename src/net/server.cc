@@ -370,10 +370,11 @@ class Connection final : public std::enable_shared_from_this<Connection>, public
     deadline_ = Clock::now() + d;
   }
 
-  // Reads with Asio's reactive read: the recv is tried at once unless the last one emptied the
-  // socket, and otherwise waits on the socket's standing epoll registration. Waiting for
-  // readability first (async_wait) would cost an epoll_ctl call per request instead, as Asio
-  // re-arms the descriptor for every wait.
+  // Reads with Asio's reactive read: the recv is tried at once, and when it finds nothing the
+  // read waits on the socket's standing epoll registration. Boost 1.74's reactor stops trying at
+  // once only after a read of 0 bytes, so an idle keep-alive connection pays one recv that finds
+  // nothing per request. Waiting for readability first (async_wait) would cost an epoll_ctl call
+  // per request instead, as Asio re-arms the descriptor for every wait.
   void Read() {
     asio::mutable_buffer buf;
     try {
