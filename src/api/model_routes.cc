@@ -37,7 +37,7 @@ void WriteConfig(Writer& w, const models::ModelConfig& c) {
   w.StartObject();
   w.Key("max_batch_size");
   w.Int(c.batching.max_batch_size);
-  WriteString(w, "max_queue_delay", models::FormatQueueDelay(c.batching.max_queue_delay));
+  WriteString(w, "max_queue_delay", core::FormatFineDuration(c.batching.max_queue_delay));
   w.Key("preferred_batch_sizes");
   w.StartArray();
   for (int size : c.batching.preferred_batch_sizes) w.Int(size);

@@ -1245,6 +1245,38 @@ bool SplitNumber(std::string_view text, std::uint64_t* number, std::string_view*
   return true;
 }
 
+// ParseDuration and ParseFineDuration: a whole number and a unit, in microseconds; "us" is a
+// unit only when `fine`.
+Result<std::int64_t> ParseDurationMicros(std::string_view text, bool fine) {
+  const std::string_view units = fine ? "us, ms, s, m or h" : "ms, s, m or h";
+  std::string_view trimmed = Trim(text);
+  std::uint64_t number = 0;
+  std::string_view unit;
+  if (!SplitNumber(trimmed, &number, &unit)) {
+    return InvalidArgument(fmt::format(
+        "invalid duration \"{}\": expected a whole number followed by {}", text, units));
+  }
+  std::uint64_t scale;  // microseconds per unit
+  if (fine && unit == "us") {
+    scale = 1;
+  } else if (unit == "ms") {
+    scale = 1000;
+  } else if (unit.empty() || unit == "s") {
+    scale = 1'000'000;
+  } else if (unit == "m") {
+    scale = 60'000'000;
+  } else if (unit == "h") {
+    scale = 3'600'000'000;
+  } else {
+    return InvalidArgument(
+        fmt::format("invalid duration \"{}\": unknown unit \"{}\" (use {})", text, unit, units));
+  }
+  if (number > static_cast<std::uint64_t>(kMaxDurationMs) * 1000 / scale) {
+    return InvalidArgument(fmt::format("invalid duration \"{}\": too large", text));
+  }
+  return static_cast<std::int64_t>(number * scale);
+}
+
 }  // namespace
 
 Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text) {
@@ -1273,30 +1305,15 @@ Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text) {
 }
 
 Result<Duration> ParseDuration(std::string_view text) {
-  std::string_view trimmed = Trim(text);
-  std::uint64_t number = 0;
-  std::string_view unit;
-  if (!SplitNumber(trimmed, &number, &unit)) {
-    return InvalidArgument(fmt::format(
-        "invalid duration \"{}\": expected a whole number followed by ms, s, m or h", text));
-  }
-  std::uint64_t scale;  // milliseconds per unit
-  if (unit == "ms") {
-    scale = 1;
-  } else if (unit.empty() || unit == "s") {
-    scale = 1000;
-  } else if (unit == "m") {
-    scale = 60'000;
-  } else if (unit == "h") {
-    scale = 3'600'000;
-  } else {
-    return InvalidArgument(fmt::format(
-        "invalid duration \"{}\": unknown unit \"{}\" (use ms, s, m or h)", text, unit));
-  }
-  if (number > static_cast<std::uint64_t>(kMaxDurationMs) / scale) {
-    return InvalidArgument(fmt::format("invalid duration \"{}\": too large", text));
-  }
-  return Duration(static_cast<std::int64_t>(number * scale));
+  auto us = ParseDurationMicros(text, false);
+  if (!us.ok()) return us.status();
+  return Duration(*us / 1000);  // every unit but "us" is whole milliseconds
+}
+
+Result<std::chrono::microseconds> ParseFineDuration(std::string_view text) {
+  auto us = ParseDurationMicros(text, true);
+  if (!us.ok()) return us.status();
+  return std::chrono::microseconds(*us);
 }
 
 Result<std::size_t> ParseSize(std::string_view text) {
@@ -1416,6 +1433,11 @@ std::string FormatDuration(Duration d) {
   if (ms % 60'000 == 0) return fmt::format("{}m", ms / 60'000);
   if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
   return fmt::format("{}ms", ms);
+}
+
+std::string FormatFineDuration(std::chrono::microseconds d) {
+  if (d.count() % 1000 != 0) return fmt::format("{}us", d.count());
+  return FormatDuration(std::chrono::duration_cast<Duration>(d));
 }
 
 std::string FormatSize(std::size_t bytes) {

@@ -270,6 +270,9 @@ std::vector<KeyInfo> ConfigKeys();
 
 // Parses "250ms", "10s", "2m", "1h" (or a bare integer of seconds) into a Duration.
 Result<Duration> ParseDuration(std::string_view text);
+// ParseDuration with whole microseconds ("250us") as a unit too, for the few settings finer than
+// a millisecond (a model's batching delay).
+Result<std::chrono::microseconds> ParseFineDuration(std::string_view text);
 // Parses "512", "16KiB", "1MiB", "2GiB", "64KB" (KB = 1000) into bytes.
 Result<std::size_t> ParseSize(std::string_view text);
 // Splits "HOST:PORT" / "[V6]:PORT" into host and port; port 0..65535.
@@ -285,6 +288,9 @@ Result<std::pair<std::int64_t, Duration>> ParseRate(std::string_view text);
 
 // Formats a duration in the largest unit that divides it exactly: "1h", "2m", "10s", "250ms".
 std::string FormatDuration(Duration d);
+// FormatDuration for whole milliseconds, else microseconds ("250us"): what ParseFineDuration
+// reads back.
+std::string FormatFineDuration(std::chrono::microseconds d);
 // Formats a byte count as "16KiB", "1MiB", "2GiB" when exact, else as plain bytes ("1000").
 std::string FormatSize(std::size_t bytes);
 

@@ -414,6 +414,29 @@ TEST(ParseDurationTest, RejectsBadInput) {
   }
 }
 
+TEST(ParseDurationTest, FineDurationsTakeMicrosecondsToo) {
+  using std::chrono::microseconds;
+  EXPECT_EQ(*ParseFineDuration("250us"), microseconds(250));
+  EXPECT_EQ(*ParseFineDuration(" 0us "), microseconds(0));
+  EXPECT_EQ(*ParseFineDuration("5 us"), microseconds(5));  // spaces before a unit, as in "5 s"
+  EXPECT_EQ(*ParseFineDuration("2ms"), microseconds(2000));
+  EXPECT_EQ(*ParseFineDuration("1s"), microseconds(1'000'000));
+  EXPECT_EQ(*ParseFineDuration("30"), microseconds(30'000'000));
+  EXPECT_EQ(*ParseFineDuration("1000000h"), microseconds(int64_t{3'600'000'000'000'000}));
+  for (const char* bad : {"us", "-5us", "1.5us", "abc", "5 parsecs", "3600000000000001us"}) {
+    auto d = ParseFineDuration(bad);
+    ASSERT_FALSE(d.ok()) << bad;
+    EXPECT_THAT(d.status().message(), HasSubstr("invalid duration")) << bad;
+  }
+  // Plain durations stay whole milliseconds.
+  EXPECT_THAT(ParseDuration("250us").status().message(), HasSubstr("unknown unit \"us\""));
+  for (int64_t us : {0, 250, 1500, 2000, 1'000'000}) {
+    EXPECT_EQ(*ParseFineDuration(FormatFineDuration(microseconds(us))), microseconds(us)) << us;
+  }
+  EXPECT_EQ(FormatFineDuration(microseconds(250)), "250us");
+  EXPECT_EQ(FormatFineDuration(microseconds(2000)), "2ms");
+}
+
 TEST(ParseSizeTest, AcceptsUnits) {
   EXPECT_EQ(*ParseSize("512"), 512u);
   EXPECT_EQ(*ParseSize("512B"), 512u);

@@ -5,8 +5,6 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
-#include <charconv>
-#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -97,7 +95,7 @@ class Parser {
                       std::string(core::DescribeTomlNode(value)));
           continue;
         }
-        auto d = ParseQueueDelay(s->get());
+        auto d = core::ParseFineDuration(s->get());
         if (!d.ok()) {
           Problem(value, name, d.status().message());
         } else {
@@ -187,39 +185,6 @@ class Parser {
 };
 
 }  // namespace
-
-core::Result<std::chrono::microseconds> ParseQueueDelay(std::string_view text) {
-  std::string_view t = text;
-  while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
-  while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
-  if (t.ends_with("us")) {
-    std::string_view digits = t.substr(0, t.size() - 2);
-    int64_t us = 0;
-    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), us);
-    if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || us < 0) {
-      return core::InvalidArgument(
-          fmt::format("invalid duration \"{}\": expected a whole number of microseconds", text));
-    }
-    // The longest duration megaserve.toml takes (1,000,000 h), which the batcher's nanosecond
-    // clock still holds.
-    constexpr int64_t kMaxUs = int64_t{1'000'000} * 3'600 * 1'000'000;
-    if (us > kMaxUs) {
-      return core::InvalidArgument(fmt::format("invalid duration \"{}\": too large", text));
-    }
-    return std::chrono::microseconds(us);
-  }
-  auto d = core::ParseDuration(text);
-  if (!d.ok()) {
-    return core::InvalidArgument(
-        fmt::format("{} (or whole microseconds, e.g. \"250us\")", d.status().message()));
-  }
-  return std::chrono::duration_cast<std::chrono::microseconds>(*d);
-}
-
-std::string FormatQueueDelay(std::chrono::microseconds d) {
-  if (d.count() % 1000 != 0) return fmt::format("{}us", d.count());
-  return core::FormatDuration(std::chrono::duration_cast<core::Duration>(d));
-}
 
 core::Result<ModelConfig> ParseModelConfig(std::string_view text, const std::string& path) {
   try {

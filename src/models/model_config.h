@@ -6,7 +6,7 @@
 //   instances = 1               # >= 1
 //   [batching]
 //   max_batch_size = 8          # >= 1
-//   max_queue_delay = "5ms"     # a duration, as core::ParseDuration reads it, or "250us"
+//   max_queue_delay = "5ms"     # a duration, as core::ParseFineDuration reads it ("250us")
 //   preferred_batch_sizes = [4, 8]
 //   max_queue_size = 1024       # >= 1
 //   priority_levels = 1         # >= 1
@@ -51,12 +51,6 @@ struct ModelConfig {
 
   bool operator==(const ModelConfig&) const = default;
 };
-
-// A max_queue_delay value: whole microseconds ("250us") or a duration as core::ParseDuration
-// reads it ("2ms", "1s").
-core::Result<std::chrono::microseconds> ParseQueueDelay(std::string_view text);
-// The text ParseQueueDelay reads back: "250us", or core::FormatDuration's for whole milliseconds.
-std::string FormatQueueDelay(std::chrono::microseconds d);
 
 // Reads and validates the config.toml at `path`. Errors: NotFound when the file is missing,
 // InvalidArgument naming every problem (one per line) otherwise.

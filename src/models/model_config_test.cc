@@ -1,5 +1,6 @@
 #include "models/model_config.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -45,26 +46,15 @@ inputs = [{ text = "hello" }, { text = "world" }]
 
 TEST(ModelConfigTest, QueueDelayTakesMicrosecondsOrADuration) {
   using std::chrono::microseconds;
-  EXPECT_EQ(*ParseQueueDelay("250us"), microseconds(250));
-  EXPECT_EQ(*ParseQueueDelay(" 0us "), microseconds(0));
-  EXPECT_EQ(*ParseQueueDelay("2ms"), microseconds(2000));
-  EXPECT_EQ(*ParseQueueDelay("1s"), microseconds(1'000'000));
-  for (const char* bad :
-       {"us", "-5us", "1.5us", "5 us", "abc", "5 parsecs", "3600000000000001us"}) {
-    auto d = ParseQueueDelay(bad);
-    ASSERT_FALSE(d.ok()) << bad;
-    EXPECT_THAT(d.status().message(), HasSubstr("invalid duration")) << bad;
+  for (const auto& [text, us] : {std::pair{"300us", 300}, {"2ms", 2000}}) {
+    auto config = ParseModelConfig(
+        fmt::format("backend = \"echo\"\n[batching]\nmax_queue_delay = \"{}\"\n", text), "m");
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    EXPECT_EQ(config->batching.max_queue_delay, microseconds(us)) << text;
   }
-  for (int64_t us : {0, 250, 1500, 2000, 1'000'000}) {
-    EXPECT_EQ(*ParseQueueDelay(FormatQueueDelay(microseconds(us))), microseconds(us)) << us;
-  }
-  EXPECT_EQ(FormatQueueDelay(microseconds(250)), "250us");
-  EXPECT_EQ(FormatQueueDelay(microseconds(2000)), "2ms");
-
-  auto config =
-      ParseModelConfig("backend = \"echo\"\n[batching]\nmax_queue_delay = \"300us\"\n", "m");
-  ASSERT_TRUE(config.ok()) << config.status().ToString();
-  EXPECT_EQ(config->batching.max_queue_delay, microseconds(300));
+  auto bad = ParseModelConfig("backend = \"echo\"\n[batching]\nmax_queue_delay = \"1.5us\"\n", "m");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("invalid duration"));
 }
 
 TEST(ModelConfigTest, DefaultsNeedOnlyTheBackend) {
